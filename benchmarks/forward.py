@@ -1,0 +1,94 @@
+"""JAX vs PyTorch forward throughput of the same MiniLM-L6 classifier weights.
+
+Both frameworks get the same batch (random token ids, full attention mask) and the same weights (the JAX model is
+exported with ``export_pretrained`` and loaded by transformers). Compilation / warm-up is excluded; the two are timed
+in alternating repetitions and the medians are reported with their ratio.
+
+    python benchmarks/forward.py --batch 256 --seq-len 64 --reps 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="JAX compute dtype")
+    p.add_argument("--attention", default="fused", choices=["fused", "explicit"], help="JAX attention form")
+    p.add_argument("--json", help="append the result as one JSON line to this file")
+    args = p.parse_args(argv)
+
+    import torch
+    import transformers as tf
+
+    from ranmask_jax import export_pretrained, load_pretrained
+
+    model, tok, cfg = load_pretrained("minilm-l6", num_labels=2, dtype=args.dtype, attention=args.attention)
+    with tempfile.TemporaryDirectory() as d:
+        export_pretrained(model, tok, cfg, d)
+        tm = tf.AutoModelForSequenceClassification.from_pretrained(d).eval()
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, cfg.vocab_size, size=(args.batch, args.seq_len)).astype(np.int32)
+    ids[:, 0], ids[:, -1] = tok.cls_token_id, tok.sep_token_id
+    mask = np.ones_like(ids)
+
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def jax_forward(state, ids, mask):
+        return nnx.merge(graphdef, state)(ids, mask)
+
+    j_ids, j_mask = jnp.asarray(ids), jnp.asarray(mask)
+    t_ids, t_mask = torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(mask.astype(np.int64))
+
+    def run_jax():
+        return np.asarray(jax_forward(state, j_ids, j_mask).block_until_ready())
+
+    def run_torch():
+        with torch.inference_mode():
+            return tm(input_ids=t_ids, attention_mask=t_mask).logits.numpy()
+
+    a, b = run_jax(), run_torch()  # warm-up (and compilation)
+    max_diff = float(np.abs(a - b).max())
+    tj, tt = [], []
+    for _ in range(args.reps):
+        for fn, acc in ((run_jax, tj), (run_torch, tt)):
+            t0 = time.perf_counter()
+            fn()
+            acc.append(time.perf_counter() - t0)
+    mj, mt = statistics.median(tj), statistics.median(tt)
+    res = {
+        "batch": args.batch, "seq_len": args.seq_len, "reps": args.reps, "jax_dtype": args.dtype,
+        "attention": cfg.attention,
+        "jax_seq_per_s": args.batch / mj, "torch_seq_per_s": args.batch / mt, "jax_over_torch": mt / mj,
+        "max_abs_logit_diff": max_diff, "jax": jax.__version__, "torch": torch.__version__,
+        "device": str(jax.devices()[0]), "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+    print(f"JAX   {res['jax_seq_per_s']:8.1f} seq/s   (median of {args.reps}, {args.dtype}, {args.attention} attention)")
+    print(f"torch {res['torch_seq_per_s']:8.1f} seq/s   (median of {args.reps}, float32)")
+    print(f"ratio JAX/torch = {res['jax_over_torch']:.2f}   max |logit diff| = {max_diff:.2e}")
+    if args.json:
+        with open(args.json, "a") as f:
+            f.write(json.dumps(res) + "\n")
+    return res
+
+
+if __name__ == "__main__":
+    main()

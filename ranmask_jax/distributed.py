@@ -1,0 +1,63 @@
+"""Device mesh and shardings: the batch is split over a ``data`` axis, the model is replicated.
+
+Multi-host runs call ``initialize()`` first (``jax.distributed.initialize``); everything else is the same on one
+CPU, eight forced CPU devices (``XLA_FLAGS=--xla_force_host_platform_device_count=8``), a GPU box or a TPU pod.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA = "data"
+
+
+def initialize() -> None:
+    """Join a multi-host job when the environment describes one (coordinator address set); no-op otherwise."""
+    if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("COORDINATOR_ADDRESS"):
+        jax.distributed.initialize()
+
+
+def make_mesh(num_devices: int | None = None) -> Mesh:
+    """A 1-D ``data`` mesh over all (or the first ``num_devices``) devices."""
+    devices = jax.devices()
+    n = len(devices) if num_devices is None else num_devices
+    if not 1 <= n <= len(devices):
+        raise ValueError(f"asked for {n} devices, {len(devices)} available")
+    return jax.make_mesh((n,), (DATA,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices[:n])
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(DATA))
+
+
+def replicate(tree, mesh: Mesh):
+    """Put every array of ``tree`` on all devices of the mesh."""
+    return jax.device_put(tree, replicated(mesh))
+
+
+def shard_batch(tree, mesh: Mesh):
+    """Split the leading (batch) axis of every array of ``tree`` over the ``data`` axis."""
+    return jax.device_put(tree, batch_sharded(mesh))
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
+    """Pad the leading axis of ``a`` with copies of its first row up to ``rows`` (static batch shapes)."""
+    if len(a) > rows:
+        raise ValueError(f"{len(a)} rows do not fit a batch of {rows}")
+    if len(a) == rows:
+        return a
+    filler = np.repeat(a[:1], rows - len(a), axis=0) if len(a) else np.zeros((rows, *a.shape[1:]), a.dtype)
+    return np.concatenate([a, filler])

@@ -1,0 +1,204 @@
+"""The certificate's arithmetic against independent computations: brute force, exact binomials, simulation."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from decimal import ROUND_HALF_UP, Decimal
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from scipy import optimize, stats
+
+from ranmask_jax.smoothing import (
+    NOT_CERTIFIED,
+    binomial_abstain,
+    certificate_from_counts,
+    certified_radius,
+    clopper_pearson_lower,
+    delta,
+    delta_fraction,
+    keep_count,
+    monte_carlo_beta,
+    risk_probability,
+)
+
+
+@pytest.mark.parametrize("h", range(1, 9))
+def test_delta_matches_subset_enumeration(h):
+    for k in range(h + 1):
+        subsets = list(itertools.combinations(range(h), k))
+        for d in range(h + 1):
+            touched = {i for i in range(d)}  # by symmetry any d words will do
+            meets = sum(1 for s in subsets if touched.intersection(s))
+            assert delta_fraction(h, k, d) == Fraction(meets, len(subsets))
+
+
+def test_delta_long_texts_exact():
+    # IMDB-length texts: exact integers, no overflow, monotone in d
+    h, k = 600, 420
+    vals = [delta(h, k, d) for d in range(0, 12)]
+    assert vals[0] == 0.0 and all(a < b for a, b in zip(vals, vals[1:]))
+    # independent: product form 1 - prod_{i<d} (h - k - i) / (h - i)
+    for d in range(12):
+        prod = math.prod(Fraction(h - k - i, h - i) for i in range(d))
+        assert delta_fraction(h, k, d) == 1 - prod
+
+
+@pytest.mark.parametrize("n_c,n", [(1, 10), (5, 10), (10, 10), (95, 100), (4990, 5000), (812, 1000), (1, 1)])
+def test_clopper_pearson_matches_tail_inversion(n_c, n):
+    alpha = 0.05
+    # independent: the p at which P[Bin(n, p) >= n_c] = alpha, by root finding on the binomial tail
+    tail = lambda p: stats.binom.sf(n_c - 1, n, p) - alpha  # noqa: E731
+    expected = optimize.brentq(tail, 1e-12, 1 - 1e-12, xtol=1e-14)
+    assert clopper_pearson_lower(n_c, n, alpha) == pytest.approx(expected, abs=1e-9)
+    assert clopper_pearson_lower(0, n, alpha) == 0.0
+
+
+def test_clopper_pearson_coverage():
+    rng = np.random.default_rng(0)
+    alpha, n, trials = 0.05, 200, 3000
+    for p in (0.55, 0.8, 0.97):
+        draws = rng.binomial(n, p, size=trials)
+        lows = np.array([clopper_pearson_lower(int(c), n, alpha) for c in draws])
+        miss = (lows > p).mean()
+        # conservative by construction: at most alpha, up to sampling noise (3 sigma)
+        assert miss <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / trials)
+
+
+def _radius_reference(n_c, n, h, k, alpha, beta):
+    p = stats.beta.ppf(alpha, n_c, n - n_c + 1) if n_c > 0 else 0.0
+    b = n_c / n if beta == "pc" else 1.0
+    certified = [d for d in range(h + 1)
+                 if p - b * (1 - math.comb(h - d, k) / math.comb(h, k)) > 0.5]
+    return max(certified) if certified else -1
+
+
+def test_certified_radius_reference_grid():
+    for h in (5, 12, 40, 200):
+        for rho in (0.3, 0.5, 0.7, 0.9):
+            k = keep_count(h, rho)
+            for n_c in (400, 700, 900, 990, 1000):
+                for beta in ("pc", "one"):
+                    got = certified_radius(n_c, 1000, h, k, alpha=0.05, beta=beta)
+                    assert got == _radius_reference(n_c, 1000, h, k, 0.05, beta), (h, rho, n_c, beta)
+
+
+def test_radius_is_largest_certified_not_plus_one():
+    h, k, n_c, n = 20, 14, 4990, 5000
+    r = certified_radius(n_c, n, h, k, beta="one")
+    p = clopper_pearson_lower(n_c, n, 0.05)
+    assert r >= 0
+    assert p - delta(h, k, r) > 0.5  # r is certified
+    assert not p - delta(h, k, r + 1) > 0.5  # r + 1 is not
+
+
+def test_not_certified_when_bound_at_most_half():
+    assert certified_radius(520, 1000, 10, 7) == NOT_CERTIFIED
+    assert certified_radius(0, 1000, 10, 7) == NOT_CERTIFIED
+    with pytest.raises(ValueError, match="beta"):
+        certified_radius(10, 10, 5, 3, beta="mc")
+    with pytest.raises(ValueError, match="n_c"):
+        certified_radius(11, 10, 5, 3)
+
+
+def test_keep_count_rounding_and_floor():
+    for h in range(0, 60):
+        for rho in (0.0, 0.05, 0.1, 0.25, 0.3, 0.5, 0.7, 0.9, 0.95, 1.0):
+            masked = int((Decimal(str(rho)) * h).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+            assert keep_count(h, rho, min_keep=0) == h - masked
+            assert keep_count(h, rho) == max(h - masked, min(1, h))
+    assert keep_count(5, 0.3) == 3  # 1.5 masked words round up to 2
+    assert keep_count(10, 0.9, min_keep=2) == 2
+    with pytest.raises(ValueError):
+        keep_count(5, 1.2)
+
+
+def test_risk_probability_integer_case():
+    # h = 10, rho = 0.3, gamma = 0.1: C(9, 6) / C(10, 3)
+    assert risk_probability(10, 0.3, 0.1) == pytest.approx(math.comb(9, 6) / math.comb(10, 3))
+    with pytest.raises(ValueError):
+        risk_probability(10, 0.8, 0.3)
+
+
+def test_binomial_abstain():
+    assert binomial_abstain(np.array([90, 10]), 0.05)[0] == 0
+    assert binomial_abstain(np.array([52, 48]), 0.05)[0] == -1
+    assert binomial_abstain(np.array([3, 40, 5]), 0.05)[0] == 1
+
+
+# ---- Theorem 1, exhaustively, on a small deterministic base classifier ------------------------------------------
+ALPHABET = "abc"
+
+
+def _f(words, keep):
+    """Base classifier on a masked copy: class 1 iff kept 'a's outnumber kept 'b's, else 0."""
+    kept = [w for w, kp in zip(words, keep, strict=True) if kp]
+    return int(kept.count("a") > kept.count("b"))
+
+
+def _exact(words, k):
+    h = len(words)
+    subsets = list(itertools.combinations(range(h), k))
+    votes = [_f(words, [i in s for i in range(h)]) for s in subsets]
+    return subsets, votes
+
+
+def test_theorem1_and_rigorous_radius_exhaustive():
+    h, k = 6, 3
+    texts = list(itertools.product(ALPHABET, repeat=h))
+    p1 = {}
+    for x in texts:
+        _, votes = _exact(x, k)
+        p1[x] = Fraction(sum(votes), len(votes))
+    rng = np.random.default_rng(0)
+    for idx in rng.choice(len(texts), size=60, replace=False):
+        x = texts[idx]
+        subsets, votes = _exact(x, k)
+        c = int(p1[x] > Fraction(1, 2))
+        pc = p1[x] if c == 1 else 1 - p1[x]
+        for xp in texts:
+            diff = [i for i in range(h) if x[i] != xp[i]]
+            d = len(diff)
+            pcp = p1[xp] if c == 1 else 1 - p1[xp]
+            # Theorem 1 with the exact beta = P(f(M(x,H)) = c | H meets the changed words)
+            meets = [v for s, v in zip(subsets, votes, strict=True) if set(s) & set(diff)]
+            beta = Fraction(sum(1 for v in meets if v == c), len(meets)) if meets else Fraction(0)
+            assert pc - pcp <= beta * delta_fraction(h, k, d)
+        # Corollary with beta = 1: the rigorous radius (p exact) is never broken
+        cert = certificate_from_counts(c, np.bincount(votes, minlength=2), np.bincount(votes, minlength=2),
+                                       h, k, 0.05, "one", exact=True)
+        for xp in texts:
+            d = sum(a != b for a, b in zip(x, xp, strict=True))
+            if d <= cert.radius:
+                assert (p1[xp] > Fraction(1, 2)) == (c == 1), (x, xp, cert.radius)
+
+
+def test_pc_beta_is_not_a_guarantee():
+    """The paper's beta = p_c can certify a radius that some x' breaks (the docs say so); beta = 1 cannot."""
+    h, k = 7, 2
+    x, x_adv = tuple("aaacccc"), tuple("baacccc")  # one word changed
+    subsets, votes = _exact(x, k)
+    counts = np.bincount(votes, minlength=2)
+    assert counts.tolist() == [6, 15]  # p_1(x) = 15/21
+    pc = certificate_from_counts(1, counts, counts, h, k, 0.05, "pc", exact=True)
+    one = certificate_from_counts(1, counts, counts, h, k, 0.05, "one", exact=True)
+    assert pc.radius == 1 and one.radius == NOT_CERTIFIED + 1  # "one" certifies d = 0 only
+    _, adv_votes = _exact(x_adv, k)
+    assert Fraction(sum(adv_votes), len(adv_votes)) == Fraction(9, 21)  # g(x') = 0: the pc radius is broken
+
+
+def test_monte_carlo_beta_matches_exact_average():
+    h, k = 7, 4
+    words = tuple("aabacba")
+    subsets, votes = _exact(words, k)
+    keep = np.zeros((len(subsets), h), bool)
+    for i, s in enumerate(subsets):
+        keep[i, list(s)] = True
+    is_c = np.array(votes) == 1
+    weights = np.ones(len(subsets))
+    for d in (1, 2, 3):
+        exact = np.mean([is_c[keep[:, list(a)].any(axis=1)].mean() for a in itertools.combinations(range(h), d)])
+        mc = monte_carlo_beta(keep, weights, is_c, h, d, 4000, np.random.default_rng(d))
+        assert mc == pytest.approx(exact, abs=0.01)
