@@ -41,6 +41,7 @@ def roberta_tokenizer():
     bpe.train_from_iterator(CORPUS * 5, vocab_size=400, min_frequency=1,
                             special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
     bpe.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    bpe.add_special_tokens([AddedToken("<mask>", lstrip=True, rstrip=False, special=True)])
     # as in roberta-base: "<mask>" swallows the space before it
     return RobertaTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", sep_token="</s>",
                                 cls_token="<s>", unk_token="<unk>", pad_token="<pad>",

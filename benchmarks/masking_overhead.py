@@ -1,0 +1,84 @@
+"""Share of sampling + masked-copy construction in classifying n masked copies of one text.
+
+For one SST-2-length sentence and MiniLM-L6, times (median of --reps) the whole ``SmoothedClassifier.classify`` of
+n copies, and separately its non-model parts: drawing the n keep sets on the device, the host-side dedup, and
+building the masked token ids for every batch (jitted alone; inside ``classify`` it is fused with the forward).
+
+    python benchmarks/masking_overhead.py --n 5000 --reps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import numpy as np
+
+TEXT = ("it 's a charming and often affecting journey , with a sharp script and a cast that makes the most of "
+        "every quiet moment .")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=5000)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--rho", type=float, default=0.3)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--json", help="append the result as one JSON line to this file")
+    args = p.parse_args(argv)
+
+    from ranmask_jax import load_pretrained
+    from ranmask_jax.distributed import pad_rows
+    from ranmask_jax.masking import bucket_length, build_masked
+    from ranmask_jax.smoothing import SmoothedClassifier
+
+    model, tok, _ = load_pretrained("minilm-l6", num_labels=2)
+    sc = SmoothedClassifier(model, tok, rho=args.rho, batch_size=args.batch_size, max_len=128)
+    enc = sc.encode(TEXT)
+    width = bucket_length(len(enc.token_ids), sc.max_len)
+    text = enc.padded(width, sc.pad_id)
+    build = jax.jit(build_masked, static_argnames=("mask_id", "pad_id"))
+
+    def overhead(key):
+        keep = sc.sample(key, enc, args.n)
+        packed = np.packbits(keep, axis=1)
+        _, first = np.unique(packed, axis=0, return_index=True)
+        uniq = keep[first]
+        for s in range(0, len(uniq), sc.batch_size):
+            out = build(text["token_ids"], text["token_type_ids"], text["word_index"], text["first_of_word"],
+                        pad_rows(uniq[s:s + sc.batch_size], sc.batch_size), mask_id=sc.mask_id, pad_id=sc.pad_id)
+        jax.block_until_ready(out)
+        return len(uniq)
+
+    def total(key):
+        return sc.classify(enc, sc.sample(key, enc, args.n))
+
+    overhead(jax.random.key(0)), total(jax.random.key(0))  # compile
+    t_over, t_total = [], []
+    for r in range(args.reps):
+        key = jax.random.key(r + 1)
+        t0 = time.perf_counter()
+        distinct = overhead(key)
+        t_over.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        total(key)
+        t_total.append(time.perf_counter() - t0)
+    mo, mt = statistics.median(t_over), statistics.median(t_total)
+    res = {"n": args.n, "h": enc.h, "k": sc.keep_count(enc.h), "tokens": len(enc.token_ids), "bucket": width,
+           "distinct_copies": distinct, "overhead_s": mo, "classify_s": mt, "overhead_share": mo / mt,
+           "copies_per_s": args.n / mt, "device": str(jax.devices()[0]), "reps": args.reps}
+    print(f"h={enc.h} k={res['k']} tokens={len(enc.token_ids)} bucket={width} distinct copies={distinct}/{args.n}")
+    print(f"sampling + dedup + construction: {mo * 1e3:8.1f} ms (median of {args.reps})")
+    print(f"classify {args.n} copies (total):  {mt * 1e3:8.1f} ms  -> {res['copies_per_s']:.0f} copies/s")
+    print(f"overhead share: {100 * mo / mt:.2f}%")
+    if args.json:
+        with open(args.json, "a") as f:
+            f.write(json.dumps(res) + "\n")
+    return res
+
+
+if __name__ == "__main__":
+    main()
