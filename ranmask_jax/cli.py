@@ -1,19 +1,77 @@
-"""Console entry points; ``train.py`` and ``certify.py`` at the repository root call these."""
+"""Command lines: ``train.py`` / ``ranmask-train`` and ``certify.py`` / ``ranmask-certify``.
+
+Flags are generated from the typed configs in ``ranmask_jax.config``. Expected failures (bad flags, data, files,
+checkpoints) print one ``error:`` line and exit with status 2 instead of a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
+import sys
+
+from ranmask_jax.config import CertifyConfig, TrainConfig, add_arguments, from_args
+
+_EXPECTED = (ValueError, FileNotFoundError, NotADirectoryError, OSError, ImportError)
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=os.environ.get("RANMASK_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("absl", "jax._src.xla_bridge", "orbax", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _run(fn, cfg) -> int:
+    try:
+        result = fn(cfg)
+    except _EXPECTED as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    if isinstance(result, dict):
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _parse(cls, argv, prog: str, description: str):
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_arguments(parser, cls)
+    args = parser.parse_args(argv)
+    try:
+        return from_args(cls, args)
+    except ValueError as e:
+        parser.error(str(e))
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ranmask-train", description="Train a RanMASK base classifier.")
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    cfg = _parse(TrainConfig, argv, "train.py", "Train a RanMASK base classifier on randomly masked texts.")
+    _setup_logging()
+    from ranmask_jax.train import train
+
+    return _run(train, cfg)
 
 
 def certify_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ranmask-certify", description="Certify a RanMASK smoothed classifier.")
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    cfg = _parse(CertifyConfig, argv, "certify.py",
+                 "Certify a trained RanMASK run on a dataset split, or classify raw texts with --predict.")
+    _setup_logging()
+    from ranmask_jax.certify import certify_dataset, predict_texts
+
+    if cfg.predict is not None:
+        return _run(lambda c: predict_texts(c) and None, cfg)
+    summary_fn = certify_dataset
+
+    def run(c):
+        summary = summary_fn(c)
+        from pathlib import Path
+
+        print((Path(c.out) / "table.md").read_text())
+        return {k: summary[k] for k in ("n", "accuracy", "mcb_largest", "mcr_largest", "mcb_original",
+                                        "mcr_original")}
+
+    return _run(run, cfg)

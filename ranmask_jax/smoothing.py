@@ -163,13 +163,16 @@ class Certificate:
         return self.radius / self.h if self.radius >= 0 else float("-inf")
 
 
-def certificate_from_counts(label: int, counts0: np.ndarray, counts: np.ndarray, h: int, k: int, alpha: float,
+def certificate_from_counts(label: int | None, counts0: np.ndarray, counts: np.ndarray, h: int, k: int, alpha: float,
                             beta_mode: str, *, exact: bool = False, mc_beta=None) -> Certificate:
     """CERTIFY (Algorithm 2) given vote counts: predict from ``counts0`` (selection), bound from ``counts``
     (estimation). In exact mode both are the exact counts over all keep sets and p_c is used as is.
-    ``mc_beta(d) -> float`` supplies Monte Carlo beta for ``beta_mode="mc"``."""
+    ``mc_beta(d) -> float`` supplies Monte Carlo beta for ``beta_mode="mc"``. ``label=None`` certifies g's own
+    answer (no ground truth)."""
     counts0, counts = np.asarray(counts0, np.int64), np.asarray(counts, np.int64)
     pred = int(np.argmax(counts0))
+    if label is None:
+        label = pred
     n = int(counts.sum())
     n_c = int(counts[pred])
     p_lower = n_c / n if exact else clopper_pearson_lower(n_c, n, alpha)
@@ -265,6 +268,14 @@ class SmoothedClassifier:
         self._shard = distributed.batch_sharded(self.mesh)
         self._rep = distributed.replicated(self.mesh)
 
+    def update_weights(self, model) -> None:
+        """Swap in new weights of the same architecture (no recompilation)."""
+        from flax import nnx
+
+        from ranmask_jax import distributed
+
+        self._state = distributed.replicate(nnx.state(model), self.mesh)
+
     # -- pieces ---------------------------------------------------------------------------------------------------
     def encode(self, text: str, text_pair: str | None = None):
         from ranmask_jax.masking import encode
@@ -350,7 +361,7 @@ class SmoothedClassifier:
         return Prediction(label, tuple(float(s) for s in scores), tuple(int(c) for c in counts), int(counts.sum()),
                           enc.h, self.keep_count(enc.h), p_value)
 
-    def certify(self, key, text: str, label: int, text_pair: str | None = None, *, n0: int = 100, n: int = 5000,
+    def certify(self, key, text: str, label: int | None, text_pair: str | None = None, *, n0: int = 100, n: int = 5000,
                 alpha: float = 0.05, beta: str = "pc", exact_threshold: int | None = None, n_r: int = 200
                 ) -> Certificate:
         """CERTIFY: g(x) from ``n0`` selection copies, a (1 - alpha) lower bound on its vote share from ``n``
@@ -360,7 +371,7 @@ class SmoothedClassifier:
         estimation streams are derived from it."""
         import jax
 
-        if not 0 <= label < self.num_labels:
+        if label is not None and not 0 <= label < self.num_labels:
             raise ValueError(f"label {label} out of range for {self.num_labels} classes")
         enc = self.encode(text, text_pair)
         h, k = enc.h, self.keep_count(enc.h)

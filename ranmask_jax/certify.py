@@ -1,0 +1,171 @@
+"""Certification runs: one flushed JSONL row per text, resumable, with a summary, a Markdown table and a plot.
+
+``certify.jsonl`` rows: index, label, prediction, correct, counts, n0, n, p_lower, beta, beta_mode, h, k, radius
+(largest certified d, -1 if none), radius_original (the original code's convention, radius + 1 when correct),
+mode (sampled / exact), seconds, text. A rerun with the same config skips the rows already written, so a crash
+loses at most the text in flight. ``summary.json`` / ``table.md`` / ``plot.png`` are recomputed from the rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from ranmask_jax import distributed, metrics
+from ranmask_jax.config import CertifyConfig
+from ranmask_jax.data import DataError, load_dataset
+from ranmask_jax.models import load_pretrained
+from ranmask_jax.models.pretrained import resolve
+from ranmask_jax.smoothing import SmoothedClassifier
+
+log = logging.getLogger(__name__)
+
+RESUMABLE_CHANGES = ("data_dir", "batch_size", "num_examples")
+
+
+def smoothed_from_run(cfg: CertifyConfig) -> tuple[SmoothedClassifier, dict]:
+    """The smoothed classifier of a run directory, with the run's rho / max_len / mask side unless overridden."""
+    _, meta = resolve(cfg.run_dir)
+    model, tok, _ = load_pretrained(cfg.run_dir, dtype=cfg.dtype)
+    rho = cfg.rho if cfg.rho is not None else meta.get("rho")
+    if rho is None:
+        raise ValueError(f"{cfg.run_dir} is not a ranmask-jax run (no {Path(cfg.run_dir) / 'ranmask_run.json'}); "
+                         "pass --rho")
+    settings = {"rho": rho, "min_keep": cfg.min_keep if cfg.min_keep is not None else meta.get("min_keep", 1),
+                "max_len": cfg.max_len or meta.get("max_len", 128),
+                "mask_side": cfg.mask_side or meta.get("mask_side", "second")}
+    bs = distributed.round_up(cfg.batch_size, len(jax.devices()))
+    sc = SmoothedClassifier(model, tok, batch_size=bs, **settings)
+    label_names = meta.get("label_names") or [f"LABEL_{i}" for i in range(sc.num_labels)]
+    return sc, {**settings, "label_names": label_names}
+
+
+def select_indices(n_total: int, num_examples: int | None, seed: int) -> np.ndarray:
+    """A seeded random subset (sorted), or everything."""
+    if num_examples is None or num_examples >= n_total:
+        return np.arange(n_total)
+    return np.sort(np.random.default_rng(seed).choice(n_total, size=num_examples, replace=False))
+
+
+def _read_rows(path: Path) -> list[dict]:
+    rows = []
+    if path.exists():
+        with open(path) as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    # a row cut by a crash can only be the last one; anything else is corruption
+                    if f.readline():
+                        raise DataError(f"{path}:{i}: corrupt row in the middle of the file") from None
+                    log.warning("%s:%d: dropping a partial last row (interrupted write)", path, i)
+    return rows
+
+
+def _check_config(out: Path, cfg: CertifyConfig) -> None:
+    path = out / "certify_config.json"
+    now = dataclasses.asdict(cfg)
+    if path.exists():
+        before = json.loads(path.read_text())
+        diff = [k for k in now if k not in RESUMABLE_CHANGES and before.get(k) != now[k]]
+        if diff:
+            changes = ", ".join(f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in diff)
+            raise ValueError(f"{out} holds results of a different config ({changes}); use a new --out")
+    path.write_text(json.dumps(now, indent=2) + "\n")
+
+
+def certify_dataset(cfg: CertifyConfig) -> dict:
+    """Certify ``cfg.num_examples`` texts of a dataset split; returns the summary (also written to disk)."""
+    from tqdm.auto import tqdm
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_config(out, cfg)
+    sc, settings = smoothed_from_run(cfg)
+    ds = load_dataset(cfg.dataset, cfg.split, cfg.data_dir, text_field=cfg.text_field, pair_field=cfg.pair_field,
+                      label_field=cfg.label_field, label_names=settings["label_names"]
+                      if Path(cfg.dataset).suffix in (".csv", ".tsv", ".jsonl", ".gz") else None)
+    if ds.num_labels != sc.num_labels:
+        raise DataError(f"{ds.source}: {ds.num_labels} labels {ds.label_names} but the model has {sc.num_labels}")
+    indices = select_indices(len(ds), cfg.num_examples, cfg.seed)
+    rows_path = out / "certify.jsonl"
+    rows = _read_rows(rows_path)
+    with open(rows_path, "w") as f:  # rewrite without a partial last row
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    done = {r["index"] for r in rows}
+    todo = [int(i) for i in indices if int(i) not in done]
+    if done:
+        log.info("resuming: %d of %d texts already certified", len(indices) - len(todo), len(indices))
+    root = jax.random.key(cfg.seed)
+    thr = cfg.n if cfg.exact_threshold is None else cfg.exact_threshold
+    with open(rows_path, "a") as f:
+        for i in tqdm(todo, desc="certify", unit="text", disable=None, dynamic_ncols=True):
+            ex = ds.examples[i]
+            t0 = time.perf_counter()
+            cert = sc.certify(jax.random.fold_in(root, i), ex.text, ex.label, ex.text_pair, n0=cfg.n0, n=cfg.n,
+                              alpha=cfg.alpha, beta=cfg.beta, exact_threshold=thr, n_r=cfg.n_r)
+            row = {"index": i, **dataclasses.asdict(cert), "n0": cfg.n0,
+                   "radius_original": cert.radius + 1 if cert.correct else None,
+                   "seconds": round(time.perf_counter() - t0, 4), "text": ex.text}
+            if ex.text_pair is not None:
+                row["text_pair"] = ex.text_pair
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            rows.append(row)
+    wanted = set(indices.tolist())
+    rows = [r for r in rows if r["index"] in wanted]
+    return write_summary(out, rows, cfg, settings)
+
+
+def write_summary(out: Path, rows: list[dict], cfg: CertifyConfig, settings: dict) -> dict:
+    summary = metrics.summarize(rows)
+    summary.update(seconds_total=round(sum(r["seconds"] for r in rows), 2),
+                   config={k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("predict", "radius")},
+                   rho=settings["rho"], min_keep=settings["min_keep"], max_len=settings["max_len"])
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    title = (f"{cfg.dataset}/{cfg.split}, rho={settings['rho']}, n0={cfg.n0}, n={cfg.n}, alpha={cfg.alpha}, "
+             f"beta={cfg.beta}")
+    (out / "table.md").write_text(metrics.markdown_table(summary, title))
+    metrics.plot_certified_accuracy({f"rho={settings['rho']}": summary}, str(out / "plot.png"), title=cfg.dataset)
+    return summary
+
+
+def predict_texts(cfg: CertifyConfig) -> list[dict]:
+    """``--predict``: g's label and vote distribution (and radius with ``--radius``) for raw texts."""
+    sc, settings = smoothed_from_run(cfg)
+    names = settings["label_names"]
+    src = sys.stdin if cfg.predict == "-" else open(cfg.predict, encoding="utf-8")
+    results = []
+    root = jax.random.key(cfg.seed)
+    with src:
+        for lineno, line in enumerate(src, 1):
+            if not line.strip():
+                continue
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) > 2:
+                raise DataError(f"{cfg.predict}:{lineno}: expected a text or premise<TAB>hypothesis")
+            text, pair = parts[0], (parts[1] if len(parts) == 2 else None)
+            key = jax.random.fold_in(root, lineno)
+            thr = cfg.n if cfg.exact_threshold is None else cfg.exact_threshold
+            pred = sc.predict(key, text, pair, n=cfg.n, exact_threshold=thr)
+            row = {"line": lineno, "text": text, "label": names[pred.label], "label_id": pred.label,
+                   "votes": dict(zip(names, pred.counts, strict=True)), "n": pred.n, "h": pred.h, "k": pred.k}
+            if pair is not None:
+                row["text_pair"] = pair
+            if cfg.radius:
+                cert = sc.certify(key, text, None, pair, n0=cfg.n0, n=cfg.n, alpha=cfg.alpha, beta=cfg.beta,
+                                  exact_threshold=thr, n_r=cfg.n_r)
+                row.update(radius=cert.radius, p_lower=cert.p_lower, mode=cert.mode,
+                           certified_label=names[cert.prediction])
+            print(json.dumps(row), flush=True)
+            results.append(row)
+    return results

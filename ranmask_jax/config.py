@@ -1,0 +1,141 @@
+"""Typed configs for the two entry points. Each field carries its help text; the CLIs are generated from them."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from pathlib import Path
+from typing import Any
+
+
+def opt(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002
+    return dataclasses.field(default=default, metadata={"help": help, **kw})
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Masked training of a RanMASK base classifier (paper defaults: AdamW 5e-5, wd 1e-6, clip 1, batch 32,
+    cosine decay, 20 epochs)."""
+
+    out_dir: str = opt("", "run directory: checkpoints, metrics.jsonl, the best model (loadable by load_pretrained)")
+    model: str = opt("minilm-l6", "starting weights: minilm-l6, a local HF directory, or a hub id")
+    dataset: str = opt("sst2", "preset (sst2, ag_news, imdb, snli), a .csv/.tsv/.jsonl file, or tfds:/hf: source")
+    data_dir: str | None = opt(None, "directory holding the preset datasets (default: $RANMASK_DATA_DIR)")
+    train_split: str = opt("train", "split to train on")
+    dev_split: str | None = opt("dev", "split to evaluate on each epoch (empty: none)")
+    dev_file: str | None = opt(None, "for file datasets: a separate file for the dev split")
+    text_field: str | None = opt(None, "file datasets: the text column / key (default: text)")
+    pair_field: str | None = opt(None, "file datasets: the second text of a pair, if any")
+    label_field: str = opt("label", "file datasets: the label column / key")
+    mask_side: str = opt("second", "for pairs: which side's words are masked (first, second, both)")
+    rho: float = opt(0.3, "masking rate: fraction of words replaced by the mask token (0: plain baseline)")
+    min_keep: int = opt(1, "floor on the number of kept words k_x")
+    max_len: int = opt(128, "maximum tokens per text; words beyond it are dropped")
+    batch_size: int = opt(32, "global batch size (a multiple of the number of devices)")
+    epochs: int = opt(20, "training epochs")
+    max_steps: int | None = opt(None, "stop after this many steps (caps epochs; the schedule spans the capped run)")
+    lr: float = opt(5e-5, "peak learning rate (AdamW)")
+    weight_decay: float = opt(1e-6, "AdamW weight decay")
+    grad_clip: float = opt(1.0, "clip gradients to this global norm")
+    warmup_steps: int = opt(0, "linear warm-up steps before the cosine decay")
+    dropout: float | None = opt(None, "override the model's hidden and attention dropout")
+    seed: int = opt(0, "root seed: data order, masks, dropout, head initialisation")
+    eval_n: int = opt(16, "masked copies per dev text for the smoothed (vote) accuracy; 0: masked accuracy only")
+    eval_examples: int = opt(200, "dev texts used for the smoothed accuracy (the masked accuracy uses all)")
+    checkpoint_every: int = opt(200, "save a checkpoint every this many steps (and at each epoch end)")
+    keep_checkpoints: int = opt(2, "checkpoints kept on disk")
+    log_every: int = opt(10, "log metrics (and check the loss for NaN/inf) every this many steps")
+    dtype: str = opt("float32", "compute dtype: float32 or bfloat16")
+    allow_pickle: bool = opt(False, "allow loading a pickled pytorch_model.bin (runs code from the file)")
+
+    def __post_init__(self):
+        if not self.out_dir:
+            raise ValueError("out_dir is required")
+        if not 0.0 <= self.rho < 1.0:
+            raise ValueError(f"rho must be in [0, 1), got {self.rho}")
+        for name in ("batch_size", "epochs", "max_len", "checkpoint_every", "log_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.mask_side not in ("first", "second", "both"):
+            raise ValueError(f"mask_side must be first, second or both, got {self.mask_side!r}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip <= 0:
+            raise ValueError("need lr > 0, weight_decay >= 0, grad_clip > 0")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.eval_n < 0 or self.eval_examples < 0:
+            raise ValueError("eval_n and eval_examples must be >= 0")
+
+
+@dataclasses.dataclass
+class CertifyConfig:
+    """Certification of a trained run on a dataset split (paper: n0 = 100, n = 5000, alpha = 0.05)."""
+
+    run_dir: str = opt("", "a training run directory (or any model directory with --rho)")
+    out: str = opt("", "output directory: certify.jsonl (one row per text), summary.json, table.md, plot.png")
+    dataset: str = opt("sst2", "preset, file, or tfds:/hf: source")
+    data_dir: str | None = opt(None, "directory holding the preset datasets (default: $RANMASK_DATA_DIR)")
+    split: str = opt("test", "split to certify")
+    text_field: str | None = opt(None, "file datasets: the text column / key")
+    pair_field: str | None = opt(None, "file datasets: the second text of a pair")
+    label_field: str = opt("label", "file datasets: the label column / key")
+    num_examples: int | None = opt(None, "certify a seeded random subset of this many texts (default: all)")
+    seed: int = opt(0, "root seed: the subset and every masked copy")
+    n0: int = opt(100, "selection copies (choose g's answer)")
+    n: int = opt(5000, "estimation copies (bound its probability)")
+    alpha: float = opt(0.05, "1 - confidence level of the Clopper-Pearson bound")
+    beta: str = opt("pc", "pc (paper, an estimate), one (rigorous), mc (Monte Carlo estimate)")
+    n_r: int = opt(200, "perturbation sets per d for --beta mc")
+    exact_threshold: int | None = opt(None, "enumerate all keep sets when C(h, k) <= this (default: n; 0: never)")
+    rho: float | None = opt(None, "masking rate (default: the run's)")
+    min_keep: int | None = opt(None, "floor on kept words (default: the run's)")
+    max_len: int | None = opt(None, "maximum tokens per text (default: the run's)")
+    mask_side: str | None = opt(None, "for pairs: masked side (default: the run's)")
+    batch_size: int = opt(256, "masked copies per device step")
+    dtype: str = opt("float32", "compute dtype")
+    predict: str | None = opt(None, "classify raw texts from this file ('-': stdin), one per line "
+                                    "(pairs: premise<TAB>hypothesis), instead of certifying a dataset")
+    radius: bool = opt(False, "with --predict: also certify g's answer and report its radius")
+
+    def __post_init__(self):
+        if not self.run_dir:
+            raise ValueError("run_dir is required")
+        if not self.out and self.predict is None:
+            raise ValueError("out is required (or use --predict)")
+        if self.n0 < 1 or self.n < 1:
+            raise ValueError("n0 and n must be >= 1")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.beta not in ("pc", "one", "mc"):
+            raise ValueError(f"beta must be pc, one or mc, got {self.beta!r}")
+        if self.num_examples is not None and self.num_examples < 1:
+            raise ValueError("num_examples must be >= 1")
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One ``--flag`` per dataclass field, typed from its annotation, with the field's help text."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        base = [a for a in typing.get_args(hint) if a is not type(None)]
+        typ = base[0] if base else hint
+        help_ = f.metadata.get("help", "")
+        if typ is bool:
+            parser.add_argument(flag, action="store_true", default=f.default, help=help_)
+        else:
+            parser.add_argument(flag, type=typ, default=f.default, help=f"{help_} (default: {f.default})")
+
+
+def from_args(cls: type, args: argparse.Namespace):
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def save_json(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")

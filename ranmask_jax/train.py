@@ -1,0 +1,343 @@
+"""Masked training of the base classifier f (RanMASK Section 3.3).
+
+Every example of every step gets a fresh random mask at rate rho, drawn on the device inside the jitted step from
+``fold_in(root_key, step)``; rho = 0 trains the plain baseline. The run directory holds:
+
+* ``train_config.json`` -- the resolved config (a rerun with a different config is refused);
+* ``checkpoints/`` -- orbax checkpoints of {parameters, optimizer state} + progress; a killed run resumes from the
+  latest with the same data order, masks and dropout;
+* ``metrics.jsonl`` -- one JSON line per log step and per evaluation;
+* ``model/`` + ``ranmask_run.json`` -- the best model by dev accuracy, in HF format, so that
+  ``load_pretrained(run_dir)`` and transformers both load it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from ranmask_jax import distributed
+from ranmask_jax.config import TrainConfig
+from ranmask_jax.data import Dataset, load_dataset
+from ranmask_jax.masking import EncodedText, bucket_length, build_masked, encode, keep_count, sample_keep
+from ranmask_jax.models import export_pretrained, load_pretrained
+from ranmask_jax.models.pretrained import RUN_META
+
+log = logging.getLogger(__name__)
+
+# config fields that may change between a run and its resumption (they do not change the trajectory)
+RESUMABLE_CHANGES = ("data_dir", "log_every", "allow_pickle")
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass
+class EncodedSet:
+    """A dataset tokenized once, with word units, as padded numpy arrays ``[N, L]`` (L = max_len)."""
+
+    token_ids: np.ndarray
+    token_type_ids: np.ndarray
+    word_index: np.ndarray
+    first_of_word: np.ndarray
+    lengths: np.ndarray  # tokens per text
+    h: np.ndarray
+    k: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, idx: np.ndarray, max_len: int) -> dict[str, np.ndarray]:
+        t = bucket_length(int(self.lengths[idx].max()), max_len)
+        return {"token_ids": self.token_ids[idx, :t], "token_type_ids": self.token_type_ids[idx, :t],
+                "word_index": self.word_index[idx, :t], "first_of_word": self.first_of_word[idx, :t],
+                "h": self.h[idx], "k": self.k[idx], "labels": self.labels[idx]}
+
+
+def encode_dataset(ds: Dataset, tokenizer, cfg: TrainConfig) -> EncodedSet:
+    encs: list[EncodedText] = [encode(tokenizer, e.text, e.text_pair, mask_side=cfg.mask_side, max_len=cfg.max_len)
+                               for e in ds.examples]
+    trunc = sum(e.truncated_words > 0 for e in encs)
+    if trunc:
+        log.info("%s/%s: %d of %d texts longer than max_len=%d lost words at the end", ds.name, ds.split, trunc,
+                 len(encs), cfg.max_len)
+    padded = [e.padded(cfg.max_len, tokenizer.pad_token_id) for e in encs]
+    h = np.array([e.h for e in encs], np.int32)
+    return EncodedSet(
+        token_ids=np.stack([p["token_ids"] for p in padded]),
+        token_type_ids=np.stack([p["token_type_ids"] for p in padded]),
+        word_index=np.stack([p["word_index"] for p in padded]),
+        first_of_word=np.stack([p["first_of_word"] for p in padded]),
+        lengths=np.array([len(e.token_ids) for e in encs], np.int32),
+        h=h, k=np.array([keep_count(int(x), cfg.rho, cfg.min_keep) for x in h], np.int32),
+        labels=np.array([e.label for e in ds.examples], np.int32))
+
+
+def mask_batch(key: jax.Array, batch: dict, mask_id: int, pad_id: int):
+    """One fresh masked copy per example: ``(input_ids, token_type_ids, attention_mask)``, each ``[B, T]``.
+    Example i uses ``fold_in(key, i)``, so the masks do not depend on how the batch is split over devices."""
+    b, t = batch["token_ids"].shape
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(b))
+
+    def one(k, ids, types, wi, first, h, kk):
+        keep = sample_keep(k, h, kk, 1, t)  # [1, T]
+        out = build_masked(ids, types, wi, first, keep, mask_id, pad_id)
+        return tuple(o[0] for o in out)
+
+    return jax.vmap(one)(keys, batch["token_ids"], batch["token_type_ids"], batch["word_index"],
+                         batch["first_of_word"], batch["h"], batch["k"])
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+class Trainer:
+    """Holds the model, optimizer and data of one run; ``run()`` trains (resuming if possible)."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.out_dir)
+        self.mesh = distributed.make_mesh()
+        n_dev = self.mesh.devices.size
+        if cfg.batch_size % n_dev:
+            raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of the {n_dev} devices")
+        self._check_or_write_config()
+        self.train_ds = load_dataset(cfg.dataset, cfg.train_split, cfg.data_dir, text_field=cfg.text_field,
+                                     pair_field=cfg.pair_field, label_field=cfg.label_field)
+        self.dev_ds = None
+        if cfg.dev_split:
+            dev_name = cfg.dev_file or cfg.dataset
+            is_file = Path(cfg.dataset).suffix in (".csv", ".tsv", ".jsonl", ".gz")
+            if is_file and not cfg.dev_file:
+                log.info("file dataset without --dev-file: no dev evaluation; the last step's model is kept")
+            else:
+                self.dev_ds = load_dataset(dev_name, cfg.dev_split, cfg.data_dir, text_field=cfg.text_field,
+                                           pair_field=cfg.pair_field, label_field=cfg.label_field,
+                                           label_names=self.train_ds.label_names if is_file else None)
+        model, self.tokenizer, mcfg = load_pretrained(cfg.model, num_labels=self.train_ds.num_labels, seed=cfg.seed,
+                                                      allow_pickle=cfg.allow_pickle, dtype=cfg.dtype)
+        if cfg.dropout is not None:
+            from ranmask_jax.models import build_model
+
+            mcfg = mcfg.replace(hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout)
+            fresh = build_model(mcfg, rngs=nnx.Rngs(cfg.seed))
+            nnx.update(fresh, nnx.state(model, nnx.Param))
+            model = fresh
+        self.model_cfg = mcfg
+        if mcfg.max_positions < cfg.max_len:
+            raise ValueError(f"max_len {cfg.max_len} exceeds the model's {mcfg.max_positions} positions")
+        self.mask_id, self.pad_id = int(self.tokenizer.mask_token_id), int(self.tokenizer.pad_token_id)
+        self.train = encode_dataset(self.train_ds, self.tokenizer, cfg)
+        self.dev = encode_dataset(self.dev_ds, self.tokenizer, cfg) if self.dev_ds else None
+        self.steps_per_epoch = len(self.train) // cfg.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(self.train)} training examples do not fill one batch of {cfg.batch_size}")
+        total = self.steps_per_epoch * cfg.epochs
+        self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
+
+        model.train()
+        self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
+        model.eval()
+        self.eval_graphdef = nnx.graphdef(model)
+        schedule = optax.warmup_cosine_decay_schedule(0.0 if cfg.warmup_steps else cfg.lr, cfg.lr,
+                                                      cfg.warmup_steps, max(self.total_steps, cfg.warmup_steps + 1))
+        self.tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
+                              optax.adamw(schedule, weight_decay=cfg.weight_decay))
+        self.params = distributed.replicate(params, self.mesh)
+        self.opt_state = distributed.replicate(self.tx.init(params), self.mesh)
+        self.rest = distributed.replicate(self.rest, self.mesh)
+        self.root = jax.random.key(cfg.seed)
+        self._train_step = jax.jit(self._step, donate_argnums=(0, 1))
+        self._eval_logits = jax.jit(self._masked_logits)
+        self.smoothed = None
+
+    # -- config / resume ----------------------------------------------------------------------------------------------
+    def _check_or_write_config(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / "train_config.json"
+        now = dataclasses.asdict(self.cfg)
+        if path.exists():
+            before = json.loads(path.read_text())
+            diff = [k for k in now if k not in RESUMABLE_CHANGES and before.get(k) != now[k]]
+            if diff:
+                changes = ", ".join(f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in diff)
+                raise ValueError(f"{self.out} holds a run with a different config ({changes}); "
+                                 "use a new --out-dir or the same flags to resume")
+        path.write_text(json.dumps(now, indent=2) + "\n")
+
+    # -- jitted functions ---------------------------------------------------------------------------------------------
+    def _step(self, params, opt_state, rest, batch, key):
+        k_mask, k_drop = jax.random.split(key)
+        ids, types, attn = mask_batch(k_mask, batch, self.mask_id, self.pad_id)
+        model = nnx.merge(self.graphdef, params, rest)
+        nnx.reseed(model, dropout=k_drop)  # dropout keys from (seed, step): a resumed run repeats them
+
+        def loss_fn(m):
+            logits = m(ids, attn, types)  # [B, C]
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
+            return loss, logits
+
+        (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        updates, opt_state = self.tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        metrics = {"loss": loss, "accuracy": (logits.argmax(-1) == batch["labels"]).mean(),
+                   "grad_norm": optax.global_norm(grads)}
+        return params, opt_state, metrics
+
+    def _masked_logits(self, params, rest, batch, key):
+        ids, types, attn = mask_batch(key, batch, self.mask_id, self.pad_id)
+        return nnx.merge(self.eval_graphdef, params, rest)(ids, attn, types)
+
+    def _shard(self, batch: dict) -> dict:
+        return distributed.shard_batch(batch, self.mesh)
+
+    # -- evaluation -----------------------------------------------------------------------------------------------------
+    def evaluate(self) -> dict:
+        """Dev accuracy of f on one masked copy per text, and of g (vote over ``eval_n`` copies) on a fixed subset."""
+        assert self.dev is not None
+        cfg = self.cfg
+        key = jax.random.fold_in(self.root, 2**31 - 1)
+        correct = 0
+        n = len(self.dev)
+        for s in range(0, n, cfg.batch_size):
+            idx = np.arange(s, min(s + cfg.batch_size, n))
+            padded = np.concatenate([idx, np.full(cfg.batch_size - len(idx), idx[0])])
+            batch = self._shard(self.dev.batch(padded, cfg.max_len))
+            logits = np.asarray(self._eval_logits(self.params, self.rest, batch, jax.random.fold_in(key, s)))
+            correct += int((logits[: len(idx)].argmax(-1) == self.dev.labels[idx]).sum())
+        res = {"dev_masked_accuracy": correct / n}
+        if cfg.eval_n > 0 and self.dev_ds is not None:
+            res["dev_smoothed_accuracy"] = self._smoothed_accuracy(key)
+        return res
+
+    def _smoothed_accuracy(self, key) -> float:
+        from ranmask_jax.smoothing import SmoothedClassifier
+
+        model = nnx.merge(self.eval_graphdef, self.params, self.rest)
+        if self.smoothed is None:
+            bs = distributed.round_up(max(self.cfg.eval_n, 8), self.mesh.devices.size)
+            self.smoothed = SmoothedClassifier(model, self.tokenizer, self.cfg.rho, batch_size=bs,
+                                               max_len=self.cfg.max_len, mask_side=self.cfg.mask_side,
+                                               min_keep=self.cfg.min_keep, mesh=self.mesh)
+        else:
+            self.smoothed.update_weights(model)
+        exs = self.dev_ds.examples[: self.cfg.eval_examples]
+        hits = 0
+        for i, ex in enumerate(exs):
+            pred = self.smoothed.predict(jax.random.fold_in(key, i), ex.text, ex.text_pair, n=self.cfg.eval_n)
+            hits += pred.label == ex.label
+        return hits / len(exs)
+
+    # -- checkpoints ------------------------------------------------------------------------------------------------------
+    def _manager(self):
+        import orbax.checkpoint as ocp
+
+        return ocp.CheckpointManager(self.out.resolve() / "checkpoints",
+                                     options=ocp.CheckpointManagerOptions(max_to_keep=self.cfg.keep_checkpoints))
+
+    def _save(self, mgr, step: int, progress: dict) -> None:
+        import orbax.checkpoint as ocp
+
+        mgr.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave({"params": self.params, "opt_state": self.opt_state}),
+            progress=ocp.args.JsonSave(progress)))
+        mgr.wait_until_finished()
+
+    def _restore(self, mgr) -> tuple[int, dict]:
+        import orbax.checkpoint as ocp
+
+        step = mgr.latest_step()
+        if step is None:
+            return 0, {"best": None, "best_step": None}
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"params": self.params, "opt_state": self.opt_state})
+        got = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                        progress=ocp.args.JsonRestore()))
+        self.params = distributed.replicate(got["state"]["params"], self.mesh)
+        self.opt_state = distributed.replicate(got["state"]["opt_state"], self.mesh)
+        log.info("resumed %s from step %d", self.out, step)
+        return step, dict(got["progress"])
+
+    def _export_best(self, step: int, scores: dict) -> None:
+        model = nnx.merge(self.eval_graphdef, self.params, self.rest)
+        export_pretrained(model, self.tokenizer, self.model_cfg.replace(dtype="float32"), self.out / "model",
+                          label_names=self.train_ds.label_names)
+        meta = {"model_dir": "model", "rho": self.cfg.rho, "min_keep": self.cfg.min_keep,
+                "max_len": self.cfg.max_len, "mask_side": self.cfg.mask_side, "dataset": self.cfg.dataset,
+                "label_names": self.train_ds.label_names, "step": step, "scores": scores,
+                "base_model": self.cfg.model}
+        (self.out / RUN_META).write_text(json.dumps(meta, indent=2) + "\n")
+
+    # -- the loop ---------------------------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        mgr = self._manager()
+        step, progress = self._restore(mgr)
+        metrics_file = open(self.out / "metrics.jsonl", "a")
+        last_eval: dict = {}
+
+        def emit(row: dict) -> None:
+            metrics_file.write(json.dumps(row) + "\n")
+            metrics_file.flush()
+
+        bar = tqdm(total=self.total_steps, initial=step, desc=f"train rho={cfg.rho}", unit="step",
+                   disable=None, dynamic_ncols=True)
+        t0, pending = time.time(), []
+        while step < self.total_steps:
+            epoch, pos = divmod(step, self.steps_per_epoch)
+            order = epoch_order(cfg.seed, epoch, len(self.train))
+            idx = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
+            batch = self._shard(self.train.batch(idx, cfg.max_len))
+            self.params, self.opt_state, m = self._train_step(self.params, self.opt_state, self.rest, batch,
+                                                              jax.random.fold_in(self.root, step))
+            step += 1
+            pending.append(m)
+            bar.update(1)
+            epoch_end = step % self.steps_per_epoch == 0 or step == self.total_steps
+            if step % cfg.log_every == 0 or epoch_end or step % cfg.checkpoint_every == 0:
+                vals = {k: float(np.mean([float(p[k]) for p in pending])) for k in pending[0]}
+                pending = []
+                if not all(math.isfinite(v) for v in vals.values()):
+                    raise TrainingError(f"non-finite training metrics at step {step}: {vals}; the last checkpoint "
+                                        "is kept. Lower --lr or check the data.")
+                bar.set_postfix(loss=f"{vals['loss']:.4f}")
+                emit({"step": step, "epoch": step / self.steps_per_epoch, **vals,
+                      "elapsed_s": round(time.time() - t0, 2)})
+            if epoch_end:
+                if self.dev is not None:
+                    last_eval = self.evaluate()
+                    score = last_eval.get("dev_smoothed_accuracy", last_eval["dev_masked_accuracy"])
+                    emit({"step": step, "epoch": step / self.steps_per_epoch, **last_eval})
+                    log.info("step %d: %s", step, last_eval)
+                    if progress["best"] is None or score > progress["best"]:
+                        progress.update(best=score, best_step=step)
+                        self._export_best(step, last_eval)
+                elif step == self.total_steps:
+                    self._export_best(step, {})
+            if step % cfg.checkpoint_every == 0 or epoch_end:
+                self._save(mgr, step, progress)
+        bar.close()
+        metrics_file.close()
+        if not (self.out / RUN_META).exists():  # resumed after the last epoch end without a model export
+            self._export_best(step, last_eval)
+        return {"steps": step, "best": progress["best"], "best_step": progress["best_step"], **last_eval}
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train a RanMASK base classifier as ``cfg`` says; returns the final/best dev scores."""
+    distributed.initialize()
+    return Trainer(cfg).run()
