@@ -194,7 +194,7 @@ class Trainer:
         updates, opt_state = self.tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         metrics = {"loss": loss, "accuracy": (logits.argmax(-1) == batch["labels"]).mean(),
-                   "grad_norm": optax.global_norm(grads)}
+                   "grad_norm": optax.tree.norm(grads)}
         return params, opt_state, metrics
 
     def _masked_logits(self, params, rest, batch, key):

@@ -1,0 +1,70 @@
+"""certify.py end to end on the tiny trained run: rows, summary, table, plot, resume, --predict."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.test_train import run_cli, tiny_setup, trained_run  # noqa: F401  (fixtures)
+
+
+def certify_args(run, setup, out, *extra):
+    return ["--run-dir", str(run), "--dataset", setup["dev"], "--split", "dev", "--out", str(out), "--n0", "10",
+            "--n", "40", "--batch-size", "16", "--num-examples", "6", "--seed", "1", *extra]
+
+
+@pytest.fixture(scope="module")
+def certified(trained_run, tiny_setup, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("cert") / "full"
+    res = run_cli("certify.py", certify_args(trained_run, tiny_setup, out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out, res
+
+
+def test_rows_summary_table_plot(certified):
+    out, res = certified
+    rows = [json.loads(x) for x in (out / "certify.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and len({r["index"] for r in rows}) == 6
+    for r in rows:
+        assert set(r) >= {"index", "label", "prediction", "counts", "p_lower", "beta", "h", "k", "radius", "mode",
+                          "seconds", "radius_original", "text"}
+        assert r["mode"] in ("exact", "sampled") and r["radius"] >= -1
+        assert r["n"] == (sum(r["counts"]))
+        assert r["radius_original"] == (r["radius"] + 1 if r["correct"] else None)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 6 and summary["accuracy"] == sum(r["correct"] for r in rows) / 6
+    assert (out / "plot.png").stat().st_size > 1000
+    assert "accuracy of g" in (out / "table.md").read_text() and "accuracy of g" in res.stdout
+
+
+def test_resume_after_crash_mid_row(certified, trained_run, tiny_setup, tmp_path):  # noqa: F811
+    out, _ = certified
+    full = (out / "certify.jsonl").read_text().splitlines()
+    part = tmp_path / "part"
+    part.mkdir()
+    (part / "certify_config.json").write_text((out / "certify_config.json").read_text().replace(str(out), str(part)))
+    (part / "certify.jsonl").write_text("\n".join(full[:2]) + "\n" + full[2][: len(full[2]) // 2])  # cut mid-row
+    res = run_cli("certify.py", certify_args(trained_run, tiny_setup, part))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resuming: 2 of 6" in res.stderr and "partial last row" in res.stderr
+    again = [json.loads(x) for x in (part / "certify.jsonl").read_text().splitlines()]
+    ref = [json.loads(x) for x in full]
+    strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+    assert [strip(r) for r in again] == [strip(r) for r in ref]
+
+
+def test_changed_certify_config_refused(certified, trained_run, tiny_setup):  # noqa: F811
+    out, _ = certified
+    res = run_cli("certify.py", certify_args(trained_run, tiny_setup, out, "--alpha", "0.01"))
+    assert res.returncode == 2 and "different config (alpha: 0.05 -> 0.01)" in res.stderr
+
+
+def test_predict_from_stdin(trained_run):  # noqa: F811
+    res = run_cli("certify.py", ["--run-dir", str(trained_run), "--predict", "-", "--n", "30", "--n0", "10",
+                                 "--radius"], input="a good film\nthe plot was bad and long\n")
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [json.loads(x) for x in res.stdout.strip().splitlines()]
+    assert [r["line"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["label"] in ("neg", "pos") and sum(r["votes"].values()) == r["n"] and "radius" in r

@@ -1,0 +1,115 @@
+"""Dataset presets on the shared files, generic local files, remote sources offline, and bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from ranmask_jax.data import DataError, load_dataset, load_file
+from ranmask_jax.metrics import markdown_table, median_certified, summarize
+
+
+@pytest.fixture(scope="module")
+def data_dir():
+    d = os.environ.get("RANMASK_DATA_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
+    if not (Path(d) / "sst2" / "train.txt").exists():
+        raise RuntimeError(f"the datasets are expected at {d} (set RANMASK_DATA_DIR)")
+    return d
+
+
+def test_sst2_preset(data_dir):
+    sizes = {s: len(load_dataset("sst2", s, data_dir)) for s in ("train", "dev", "test")}
+    assert sizes == {"train": 6920, "dev": 872, "test": 1821}
+    ds = load_dataset("sst2", "test", data_dir)
+    assert ds.label_names == ["negative", "positive"] and {e.label for e in ds.examples} == {0, 1}
+
+
+def test_ag_news_preset(data_dir):
+    test = load_dataset("ag_news", "test", data_dir)
+    assert len(test) == 7600 and test.label_names == ["World", "Sports", "Business", "Sci/Tech"]
+    assert test.examples[0].label == 2 and test.examples[0].text.startswith("Fears for T N pension after talks")
+    assert all("\\" not in e.text for e in test.examples)
+    train, dev = load_dataset("ag_news", "train", data_dir), load_dataset("ag_news", "dev", data_dir)
+    assert len(train) + len(dev) == 10001 and len(dev) == 500
+    assert not {e.text for e in dev.examples} & {e.text for e in train.examples[:2000]}
+
+
+def test_imdb_and_snli_presets(data_dir):
+    imdb = load_dataset("imdb", "test", data_dir)
+    assert len(imdb) == 25000 and not any("<br" in e.text for e in imdb.examples[:2000])
+    snli = load_dataset("snli", "test", data_dir)
+    assert len(snli) == 1000 and snli.is_pair and snli.num_labels == 3
+    with pytest.raises(DataError, match="no split 'train'"):
+        load_dataset("snli", "train", data_dir)
+
+
+def test_generic_files(tmp_path):
+    (tmp_path / "a.tsv").write_text("text\tlabel\ngood film\tpos\nbad film\tneg\nfine\tpos\n")
+    ds = load_file(tmp_path / "a.tsv")
+    assert ds.label_names == ["pos", "neg"] and [e.label for e in ds.examples] == [0, 1, 0]
+    (tmp_path / "b.csv").write_text("premise,hypothesis,y\n\"a, b\",c,2\nd,e,0\n")
+    ds = load_file(tmp_path / "b.csv", pair_field="hypothesis", label_field="y", text_field="premise")
+    assert ds.examples[0] == ds.examples[0].__class__("a, b", 1, "c") and ds.label_names == ["0", "2"]
+    with gzip.open(tmp_path / "c.jsonl.gz", "wt") as f:
+        f.write(json.dumps({"text": "x y", "label": "World"}) + "\n")
+    ds = load_dataset(str(tmp_path / "c.jsonl.gz"), "test", label_names=["World", "Sports"])
+    assert ds.examples[0].label == 0
+
+
+@pytest.mark.parametrize("content,suffix,message", [
+    ("text\tlabel\ngood\tpos\n\tneg\n", ".tsv", r"b\.tsv:3 field 'text': empty text"),
+    ("text\tlabel\ngood\tpos\tx\n", ".tsv", r"b\.tsv:2: more fields"),
+    ('{"text": "a", "label": 1}\n{"text": "b", "label": \n', ".jsonl", r"b\.jsonl:2: malformed JSON"),
+    ('{"text": "a"}\n', ".jsonl", r"b\.jsonl:1: missing field 'label'"),
+    ('{"text": "a", "label": "maybe"}\n', ".jsonl", r"b\.jsonl:1 field 'label': unknown label 'maybe'"),
+    ("", ".csv", r"b\.csv: empty file"),
+])
+def test_bad_input_names_file_and_line(tmp_path, content, suffix, message):
+    p = tmp_path / f"b{suffix}"
+    p.write_text(content)
+    names = ["pos", "neg"] if "maybe" in content else None
+    with pytest.raises(DataError, match=message):
+        load_file(p, label_names=names)
+
+
+def test_bad_preset_rows(tmp_path):
+    (tmp_path / "sst2").mkdir()
+    (tmp_path / "sst2" / "train.txt").write_text("fine movie\t1\nno label here\n")
+    with pytest.raises(DataError, match=r"train\.txt:2: expected 'sentence<TAB>label'"):
+        load_dataset("sst2", "train", tmp_path)
+    (tmp_path / "sst2" / "train.txt").write_text("fine movie\t7\n")
+    with pytest.raises(DataError, match=r"train\.txt:1: unknown label '7'"):
+        load_dataset("sst2", "train", tmp_path)
+    with pytest.raises(DataError, match=r"dev\.txt: file not found"):
+        load_dataset("sst2", "dev", tmp_path)
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset("sst2", "dev", tmp_path / "nope")
+    with pytest.raises(DataError, match="unknown dataset"):
+        load_dataset("sst3", "dev", tmp_path)
+
+
+@pytest.mark.parametrize("spec", ["tfds:glue/sst2", "hf:glue/sst2"])
+def test_remote_sources_fail_fast_offline(spec):
+    t = time.perf_counter()
+    with pytest.raises(DataError, match="cannot reach"):
+        load_dataset(spec, "train")
+    assert time.perf_counter() - t < 15
+
+
+def test_summary_matches_paper_definitions():
+    # the paper's example: {N/A, N/A, 1, 2, 3} -> MCB 1
+    rows = [{"correct": False, "radius": -1, "h": 10}, {"correct": False, "radius": -1, "h": 10},
+            {"correct": True, "radius": 1, "h": 10}, {"correct": True, "radius": 2, "h": 20},
+            {"correct": True, "radius": 3, "h": 10}]
+    s = summarize(rows)
+    assert s["accuracy"] == 0.6 and s["mcb_largest"] == 1 and s["mcb_original"] == 2
+    assert s["mcr_largest"] == pytest.approx(0.1) and s["mcr_original"] == pytest.approx(0.15)
+    assert s["certified_accuracy"] == {0: 0.6, 1: 0.6, 2: 0.4, 3: 0.2}
+    assert median_certified([float("-inf")] * 3 + [1.0]) == float("-inf")
+    assert summarize(rows[:2] + rows[2:3])["mcb_largest"] is None  # mostly misclassified: N/A
+    assert "| 5 | 60.0 | 1 |" in markdown_table(s)

@@ -1,0 +1,180 @@
+"""Masked training end to end on a tiny model: resume after kill -9, 1 vs 8 devices, guards, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = "the a film movie plot actors scene story music long short very quite rather".split()
+
+
+def write_rule_data(path: Path, n: int, seed: int) -> Path:
+    """Texts whose label is 1 iff they contain 'good': learnable, and sensitive to masking."""
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as f:
+        for i in range(n):
+            words = list(rng.choice(WORDS, size=rng.integers(4, 12)))
+            label = i % 2
+            words.insert(int(rng.integers(0, len(words))), "good" if label else "bad")
+            f.write(json.dumps({"text": " ".join(words), "label": ["neg", "pos"][label]}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_setup(tmp_path_factory):
+    from flax import nnx
+
+    from ranmask_jax.models import build_model, export_pretrained, load_tokenizer, tiny
+    from ranmask_jax.models.pretrained import _builtin_dir
+
+    d = tmp_path_factory.mktemp("tiny")
+    tok = load_tokenizer(_builtin_dir("minilm-l6"))
+    cfg = tiny(vocab_size=len(tok), max_position_embeddings=64)
+    export_pretrained(build_model(cfg, "encoder", rngs=nnx.Rngs(0)), tok, cfg, d / "model", head="encoder")
+    return {"model": str(d / "model"), "train": str(write_rule_data(d / "train.jsonl", 64, 0)),
+            "dev": str(write_rule_data(d / "dev.jsonl", 24, 1)), "dir": d}
+
+
+def train_args(setup, out, *extra):
+    return ["--out-dir", str(out), "--model", setup["model"], "--dataset", setup["train"], "--dev-file",
+            setup["dev"], "--rho", "0.3", "--batch-size", "8", "--epochs", "2", "--max-len", "32",
+            "--checkpoint-every", "4", "--log-every", "2", "--eval-n", "4", "--eval-examples", "6", "--lr", "1e-3",
+            *extra]
+
+
+def run_cli(script, args, env=None, **kw):
+    env = dict(os.environ, **(env or {}))
+    env.setdefault("JAX_PLATFORMS", "cpu")
+    return subprocess.run([sys.executable, str(ROOT / script), *args], env=env, capture_output=True, text=True,
+                          timeout=600, **kw)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_setup):
+    out = tiny_setup["dir"] / "run_a"
+    res = run_cli("train.py", train_args(tiny_setup, out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
+
+
+def _weights(run):
+    return load_file(Path(run) / "model" / "model.safetensors")
+
+
+def test_run_directory_contents(trained_run):
+    from ranmask_jax import load_pretrained
+
+    for name in ("train_config.json", "metrics.jsonl", "ranmask_run.json", "model/config.json"):
+        assert (trained_run / name).exists(), name
+    rows = [json.loads(x) for x in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [2, 4, 6, 8, 10, 12, 14, 16]
+    evals = [r for r in rows if "dev_masked_accuracy" in r]
+    assert [r["step"] for r in evals] == [8, 16] and all("dev_smoothed_accuracy" in r for r in evals)
+    assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
+    model, tok, cfg = load_pretrained(trained_run)
+    assert cfg.num_labels == 2
+    meta = json.loads((trained_run / "ranmask_run.json").read_text())
+    assert meta["rho"] == 0.3 and meta["label_names"] == ["neg", "pos"]
+
+
+def test_kill_and_resume_reproduces_uninterrupted_run(tiny_setup, trained_run):
+    out = tiny_setup["dir"] / "run_b"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *train_args(tiny_setup, out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = out / "checkpoints" / "4"
+    deadline = time.time() + 300
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "no checkpoint appeared before the kill"
+    steps_done = max(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps_done < 16, "the run finished before it could be killed"
+    res = run_cli("train.py", train_args(tiny_setup, out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"resumed {out} from step" in res.stderr
+    a, b = _weights(trained_run), _weights(out)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], atol=1e-6, err_msg=k)
+    la = [json.loads(x) for x in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    lb = {json.loads(x)["step"]: json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()
+          if "loss" in json.loads(x)}
+    for r in la:
+        if "loss" in r:
+            assert lb[r["step"]]["loss"] == pytest.approx(r["loss"], abs=1e-6)
+
+
+def test_eight_devices_match_one(tiny_setup, trained_run):
+    out = tiny_setup["dir"] / "run_8dev"
+    res = run_cli("train.py", train_args(tiny_setup, out),
+                  env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = _weights(trained_run), _weights(out)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], atol=2e-5, err_msg=k)
+
+
+def test_changed_config_is_refused(tiny_setup, trained_run):
+    res = run_cli("train.py", train_args(tiny_setup, trained_run, "--seed", "3"))
+    assert res.returncode == 2 and "different config (seed: 0 -> 3)" in res.stderr
+
+
+def test_cli_errors_are_one_line(tiny_setup, tmp_path):
+    res = run_cli("train.py", ["--out-dir", str(tmp_path / "x"), "--dataset", str(tmp_path / "missing.jsonl"),
+                               "--model", tiny_setup["model"]])
+    assert res.returncode == 2 and "error:" in res.stderr and "missing.jsonl: file not found" in res.stderr
+    assert "Traceback" not in res.stderr
+    res = run_cli("train.py", ["--out-dir", str(tmp_path / "x"), "--rho", "1.5"])
+    assert res.returncode == 2 and "rho must be in [0, 1)" in res.stderr
+    assert run_cli("train.py", ["--help"]).returncode == 0
+
+
+def test_non_finite_loss_stops_the_run(tiny_setup, tmp_path, monkeypatch):
+    from ranmask_jax.config import TrainConfig
+    from ranmask_jax.train import Trainer, TrainingError
+
+    args = train_args(tiny_setup, tmp_path / "nan")
+    cfg = TrainConfig(**{a[2:].replace("-", "_"): v for a, v in zip(args[::2], args[1::2], strict=True)} | {
+        "rho": 0.3, "batch_size": 8, "epochs": 2, "max_len": 32, "checkpoint_every": 4, "log_every": 2,
+        "eval_n": 4, "eval_examples": 6, "lr": 1e-3})
+    trainer = Trainer(cfg)
+    step = trainer._train_step
+
+    def poisoned(*a):
+        params, opt, m = step(*a)
+        return params, opt, {**m, "loss": jnp.float32(jnp.nan)}
+
+    trainer._train_step = poisoned
+    with pytest.raises(TrainingError, match="non-finite training metrics at step 2"):
+        trainer.run()
+    assert not (tmp_path / "nan" / "checkpoints" / "4").exists()
+
+
+def test_mask_batch_keeps_k_words_and_rho_zero_keeps_all(bert_tokenizer):
+    from ranmask_jax.config import TrainConfig
+    from ranmask_jax.data import Dataset, Example
+    from ranmask_jax.train import encode_dataset, mask_batch
+
+    ds = Dataset("x", "train", [Example("a b c d e f g h i j", 0), Example("one two three", 1)], ["n", "p"], "x")
+    for rho, kept in ((0.0, [10, 3]), (0.5, [5, 1])):
+        enc = encode_dataset(ds, bert_tokenizer, TrainConfig(out_dir="unused", rho=rho, max_len=16))
+        batch = enc.batch(np.arange(2), 16)
+        ids, _, attn = mask_batch(jax.random.key(0), batch, bert_tokenizer.mask_token_id, bert_tokenizer.pad_token_id)
+        ids = np.asarray(ids)
+        masks = (ids == bert_tokenizer.mask_token_id).sum(axis=1)
+        assert masks.tolist() == [h - k for h, k in zip([10, 3], kept, strict=True)]
+        if rho == 0.0:
+            np.testing.assert_array_equal(ids, batch["token_ids"])
