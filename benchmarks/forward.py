@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
         "device": str(jax.devices()[0]), "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
-    print(f"JAX   {res['jax_seq_per_s']:8.1f} seq/s   (median of {args.reps}, {args.dtype}, {args.attention} attention)")
+    print(f"JAX   {res['jax_seq_per_s']:8.1f} seq/s   (median of {args.reps}, {args.dtype}, "
+          f"{args.attention} attention)")
     print(f"torch {res['torch_seq_per_s']:8.1f} seq/s   (median of {args.reps}, float32)")
     print(f"ratio JAX/torch = {res['jax_over_torch']:.2f}   max |logit diff| = {max_diff:.2e}")
     if args.json:

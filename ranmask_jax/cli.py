@@ -71,7 +71,7 @@ def certify_main(argv: list[str] | None = None) -> int:
         from pathlib import Path
 
         print((Path(c.out) / "table.md").read_text())
-        return {k: summary[k] for k in ("n", "accuracy", "mcb_largest", "mcr_largest", "mcb_original",
-                                        "mcr_original")}
+        keys = ("n", "accuracy", "mcb_largest", "mcr_largest", "mcb_original", "mcr_original")
+        return {k: summary[k] for k in keys if k in summary}
 
     return _run(run, cfg)

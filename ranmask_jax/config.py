@@ -96,6 +96,7 @@ class CertifyConfig:
     mask_side: str | None = opt(None, "for pairs: masked side (default: the run's)")
     batch_size: int = opt(256, "masked copies per device step")
     dtype: str = opt("float32", "compute dtype")
+    accuracy_only: bool = opt(False, "only g's answer from n0 copies per text (accuracy of g), no certificate")
     predict: str | None = opt(None, "classify raw texts from this file ('-': stdin), one per line "
                                     "(pairs: premise<TAB>hypothesis), instead of certifying a dataset")
     radius: bool = opt(False, "with --predict: also certify g's answer and report its radius")

@@ -98,7 +98,8 @@ def encode(tokenizer, text: str, text_pair: str | None = None, *, mask_side: Mas
     texts = [text] if text_pair is None else [text, text_pair]
     for i, t in enumerate(texts):
         if not isinstance(t, str) or not t.strip():
-            raise ValueError(f"empty text{'' if text_pair is None else ' (side %d of the pair)' % (i + 1)}")
+            side = "" if text_pair is None else f" (side {i + 1} of the pair)"
+            raise ValueError(f"empty text{side}")
     enc = tokenizer(text, text_pair, return_offsets_mapping=True, add_special_tokens=True)
     ids = np.asarray(enc["input_ids"], np.int32)
     types = np.asarray(enc.get("token_type_ids", [0] * len(ids)), np.int32)

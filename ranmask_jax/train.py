@@ -178,7 +178,7 @@ class Trainer:
                                  "use a new --out-dir or the same flags to resume")
         path.write_text(json.dumps(now, indent=2) + "\n")
 
-    # -- jitted functions ---------------------------------------------------------------------------------------------
+    # -- jitted functions ------------------------------------------------------------------------------------------
     def _step(self, params, opt_state, rest, batch, key):
         k_mask, k_drop = jax.random.split(key)
         ids, types, attn = mask_batch(k_mask, batch, self.mask_id, self.pad_id)
@@ -204,7 +204,7 @@ class Trainer:
     def _shard(self, batch: dict) -> dict:
         return distributed.shard_batch(batch, self.mesh)
 
-    # -- evaluation -----------------------------------------------------------------------------------------------------
+    # -- evaluation ------------------------------------------------------------------------------------------------
     def evaluate(self) -> dict:
         """Dev accuracy of f on one masked copy per text, and of g (vote over ``eval_n`` copies) on a fixed subset."""
         assert self.dev is not None
@@ -241,7 +241,7 @@ class Trainer:
             hits += pred.label == ex.label
         return hits / len(exs)
 
-    # -- checkpoints ------------------------------------------------------------------------------------------------------
+    # -- checkpoints -----------------------------------------------------------------------------------------------
     def _manager(self):
         import orbax.checkpoint as ocp
 
@@ -280,7 +280,7 @@ class Trainer:
                 "base_model": self.cfg.model}
         (self.out / RUN_META).write_text(json.dumps(meta, indent=2) + "\n")
 
-    # -- the loop ---------------------------------------------------------------------------------------------------------
+    # -- the loop --------------------------------------------------------------------------------------------------
     def run(self) -> dict:
         from tqdm.auto import tqdm
 

@@ -68,3 +68,13 @@ def test_predict_from_stdin(trained_run):  # noqa: F811
     assert [r["line"] for r in rows] == [1, 2]
     for r in rows:
         assert r["label"] in ("neg", "pos") and sum(r["votes"].values()) == r["n"] and "radius" in r
+
+
+def test_accuracy_only(trained_run, tiny_setup, tmp_path):  # noqa: F811
+    out = tmp_path / "acc"
+    res = run_cli("certify.py", certify_args(trained_run, tiny_setup, out, "--accuracy-only"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [json.loads(x) for x in (out / "certify.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all("radius" not in r and sum(r["counts"]) == r["n"] for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["accuracy"] == sum(r["correct"] for r in rows) / 6

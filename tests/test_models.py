@@ -91,8 +91,8 @@ def test_export_round_trip(tmp_path, bert_tokenizer, roberta_tokenizer):
 
 
 def jax_leaves(model):
-    from flax import nnx
     import jax
+    from flax import nnx
 
     return [np.asarray(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))]
 
@@ -217,3 +217,16 @@ def test_dropout_active_only_in_train_mode():
     model.train()
     c = model(ids)
     assert not np.allclose(np.asarray(a), np.asarray(c))
+
+
+def test_untied_mlm_decoder_is_refused(hf_dir):
+    d = hf_dir("bert", "mlm")
+    tensors = load_file(d / "model.safetensors")
+    emb = tensors["bert.embeddings.word_embeddings.weight"]
+    tensors["cls.predictions.decoder.weight"] = emb.copy()  # tied but stored: fine
+    save_file(tensors, str(d / "model.safetensors"))
+    load_pretrained(d, head="mlm")
+    tensors["cls.predictions.decoder.weight"] = emb + 1.0
+    save_file(tensors, str(d / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="untied decoders are not supported"):
+        load_pretrained(d, head="mlm")

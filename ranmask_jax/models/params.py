@@ -219,6 +219,11 @@ def load_into(model: nnx.Module, cfg: ModelConfig, head: Head, tensors: dict[str
             continue
         _set(pure, m.nnx_path, np.asarray(arr, dtype=target.dtype))
         report.loaded.append(m.hf_key)
+    if head == "mlm":  # the decoder is tied to the word embeddings; an untied one cannot be represented
+        emb = tensors.get(f"{base}embeddings.word_embeddings.weight")
+        for dec in ("cls.predictions.decoder.weight", "lm_head.decoder.weight"):
+            if dec in tensors and emb is not None and not np.array_equal(tensors[dec], emb):
+                mismatched.append(f"{dec}: differs from the word embeddings (untied decoders are not supported)")
     unexpected = []
     for k in sorted(set(tensors) - used):
         (report.unused if _KNOWN_UNUSED.match(k) else unexpected).append(k)
@@ -230,7 +235,8 @@ def load_into(model: nnx.Module, cfg: ModelConfig, head: Head, tensors: dict[str
     if unexpected:
         problems.append(f"unexpected ({len(unexpected)}): " + ", ".join(unexpected))
     if problems:
-        raise CheckpointError(f"{source} does not fit a {cfg.arch} model with head '{head}':\n  " + "\n  ".join(problems))
+        raise CheckpointError(f"{source} does not fit a {cfg.arch} model with head '{head}':\n  "
+                              + "\n  ".join(problems))
     nnx.replace_by_pure_dict(state, pure)
     nnx.update(model, state)
     if report.initialised:
