@@ -10,7 +10,6 @@ in alternating repetitions and the medians are reported with their ratio.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -20,6 +19,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _report import report
 from flax import nnx
 
 
@@ -81,14 +81,11 @@ def main(argv: list[str] | None = None) -> dict:
         "device": str(jax.devices()[0]), "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
-    print(f"JAX   {res['jax_seq_per_s']:8.1f} seq/s   (median of {args.reps}, {args.dtype}, "
-          f"{args.attention} attention)")
-    print(f"torch {res['torch_seq_per_s']:8.1f} seq/s   (median of {args.reps}, float32)")
-    print(f"ratio JAX/torch = {res['jax_over_torch']:.2f}   max |logit diff| = {max_diff:.2e}")
-    if args.json:
-        with open(args.json, "a") as f:
-            f.write(json.dumps(res) + "\n")
-    return res
+    return report([
+        f"JAX   {res['jax_seq_per_s']:8.1f} seq/s   (median of {args.reps}, {args.dtype}, {args.attention} attention)",
+        f"torch {res['torch_seq_per_s']:8.1f} seq/s   (median of {args.reps}, float32)",
+        f"ratio JAX/torch = {res['jax_over_torch']:.2f}   max |logit diff| = {max_diff:.2e}",
+    ], res, args.json)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,12 @@ building the masked token ids for every batch (jitted alone; inside ``classify``
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
 import jax
 import numpy as np
+from _report import report
 
 TEXT = ("it 's a charming and often affecting journey , with a sharp script and a cast that makes the most of "
         "every quiet moment .")
@@ -70,14 +70,12 @@ def main(argv: list[str] | None = None) -> dict:
     res = {"n": args.n, "h": enc.h, "k": sc.keep_count(enc.h), "tokens": len(enc.token_ids), "bucket": width,
            "distinct_copies": distinct, "overhead_s": mo, "classify_s": mt, "overhead_share": mo / mt,
            "copies_per_s": args.n / mt, "device": str(jax.devices()[0]), "reps": args.reps}
-    print(f"h={enc.h} k={res['k']} tokens={len(enc.token_ids)} bucket={width} distinct copies={distinct}/{args.n}")
-    print(f"sampling + dedup + construction: {mo * 1e3:8.1f} ms (median of {args.reps})")
-    print(f"classify {args.n} copies (total):  {mt * 1e3:8.1f} ms  -> {res['copies_per_s']:.0f} copies/s")
-    print(f"overhead share: {100 * mo / mt:.2f}%")
-    if args.json:
-        with open(args.json, "a") as f:
-            f.write(json.dumps(res) + "\n")
-    return res
+    return report([
+        f"h={enc.h} k={res['k']} tokens={len(enc.token_ids)} bucket={width} distinct copies={distinct}/{args.n}",
+        f"sampling + dedup + construction: {mo * 1e3:8.1f} ms (median of {args.reps})",
+        f"classify {args.n} copies (total):  {mt * 1e3:8.1f} ms  -> {res['copies_per_s']:.0f} copies/s",
+        f"overhead share: {100 * mo / mt:.2f}%",
+    ], res, args.json)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from ranmask_jax import distributed, metrics
-from ranmask_jax.config import CertifyConfig
+from ranmask_jax.config import CertifyConfig, check_resume_config
 from ranmask_jax.data import DataError, load_dataset
 from ranmask_jax.models import load_pretrained
 from ranmask_jax.models.pretrained import resolve
@@ -71,25 +71,13 @@ def _read_rows(path: Path) -> list[dict]:
     return rows
 
 
-def _check_config(out: Path, cfg: CertifyConfig) -> None:
-    path = out / "certify_config.json"
-    now = dataclasses.asdict(cfg)
-    if path.exists():
-        before = json.loads(path.read_text())
-        diff = [k for k in now if k not in RESUMABLE_CHANGES and before.get(k) != now[k]]
-        if diff:
-            changes = ", ".join(f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in diff)
-            raise ValueError(f"{out} holds results of a different config ({changes}); use a new --out")
-    path.write_text(json.dumps(now, indent=2) + "\n")
-
-
 def certify_dataset(cfg: CertifyConfig) -> dict:
     """Certify ``cfg.num_examples`` texts of a dataset split; returns the summary (also written to disk)."""
     from tqdm.auto import tqdm
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    _check_config(out, cfg)
+    check_resume_config(out / "certify_config.json", cfg, RESUMABLE_CHANGES)
     sc, settings = smoothed_from_run(cfg)
     ds = load_dataset(cfg.dataset, cfg.split, cfg.data_dir, text_field=cfg.text_field, pair_field=cfg.pair_field,
                       label_field=cfg.label_field, label_names=settings["label_names"]

@@ -138,5 +138,18 @@ def from_args(cls: type, args: argparse.Namespace):
     return cls(**{k: v for k, v in vars(args).items() if k in names})
 
 
-def save_json(cfg: Any, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+
+
+def check_resume_config(path: str | Path, cfg: Any, may_change: tuple[str, ...]) -> None:
+    """Write ``cfg`` to ``path``; if a previous run left one there, refuse a config that differs in any field
+    outside ``may_change`` (resuming with other settings would silently mix two experiments)."""
+    path = Path(path)
+    now = dataclasses.asdict(cfg)
+    if path.exists():
+        before = json.loads(path.read_text())
+        diff = [k for k in now if k not in may_change and before.get(k) != now[k]]
+        if diff:
+            changes = ", ".join(f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in diff)
+            raise ValueError(f"{path.parent} holds a run with a different config ({changes}); use a new output "
+                             "directory, or the same flags to resume")
+    path.write_text(json.dumps(now, indent=2) + "\n")

@@ -121,6 +121,18 @@ class LabelMap:
         return len(self.names) - 1
 
 
+def _tsv_rows(path: Path, n_fields: int, layout: str) -> Iterator[tuple[str, list[str]]]:
+    """``(where, fields)`` for each non-blank line of a tab-separated file with exactly ``n_fields`` fields."""
+    with _open_text(path) as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != n_fields:
+                raise DataError(f"{path}:{i}: expected '{layout}', got {len(parts)} field(s)")
+            yield f"{path}:{i}", parts
+
+
 def _split_holdout(examples: list[Example], split: str, size: int, seed: int = 0) -> list[Example]:
     """Seeded, deterministic hold-out of ``size`` examples as "dev"; the rest is "train"."""
     order = np.random.default_rng(seed).permutation(len(examples))
@@ -138,15 +150,8 @@ def _sst2(root: Path, split: str) -> Dataset:
     _check_split("sst2", split, ("train", "dev", "test"))
     path = root / "sst2" / f"{split}.txt"
     labels = LabelMap(["negative", "positive"])
-    out = []
-    with _open_text(path) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) != 2:
-                raise DataError(f"{path}:{i}: expected 'sentence<TAB>label', got {len(parts)} field(s)")
-            out.append(Example(_clean(parts[0], f"{path}:{i}"), labels(parts[1], f"{path}:{i}")))
+    out = [Example(_clean(text, where), labels(label, where))
+           for where, (text, label) in _tsv_rows(path, 2, "sentence<TAB>label")]
     return Dataset("sst2", split, out, labels.names, str(path))
 
 
@@ -170,14 +175,8 @@ def _ag_news(root: Path, split: str) -> Dataset:
                 out.append(Example(text, int(row[0]) - 1))
         return Dataset("ag_news", split, out, labels.names, str(path))
     path = root / "ag_news" / "train.tsv"
-    with _open_text(path) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) != 2:
-                raise DataError(f"{path}:{i}: expected 'text<TAB>label_name', got {len(parts)} field(s)")
-            out.append(Example(_clean(parts[0], f"{path}:{i}"), labels(parts[1], f"{path}:{i}")))
+    out = [Example(_clean(text, where), labels(label, where))
+           for where, (text, label) in _tsv_rows(path, 2, "text<TAB>label_name")]
     return Dataset("ag_news", split, _split_holdout(out, split, 500), labels.names, str(path))
 
 
@@ -197,16 +196,8 @@ def _snli(root: Path, split: str) -> Dataset:
     _check_split("snli", split, ("test",))
     path = root / "snli_sample" / "test.tsv"
     labels = LabelMap(["entailment", "neutral", "contradiction"])
-    out = []
-    with _open_text(path) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) != 3:
-                raise DataError(f"{path}:{i}: expected 'label<TAB>premise<TAB>hypothesis', got {len(parts)} field(s)")
-            where = f"{path}:{i}"
-            out.append(Example(_clean(parts[1], where), labels(parts[0], where), _clean(parts[2], where)))
+    out = [Example(_clean(premise, where), labels(label, where), _clean(hyp, where))
+           for where, (label, premise, hyp) in _tsv_rows(path, 3, "label<TAB>premise<TAB>hypothesis")]
     return Dataset("snli", split, out, labels.names, str(path))
 
 

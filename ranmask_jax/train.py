@@ -27,7 +27,7 @@ import optax
 from flax import nnx
 
 from ranmask_jax import distributed
-from ranmask_jax.config import TrainConfig
+from ranmask_jax.config import TrainConfig, check_resume_config
 from ranmask_jax.data import Dataset, load_dataset
 from ranmask_jax.masking import EncodedText, bucket_length, build_masked, encode, keep_count, sample_keep
 from ranmask_jax.models import export_pretrained, load_pretrained
@@ -114,7 +114,8 @@ class Trainer:
         n_dev = self.mesh.devices.size
         if cfg.batch_size % n_dev:
             raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of the {n_dev} devices")
-        self._check_or_write_config()
+        self.out.mkdir(parents=True, exist_ok=True)
+        check_resume_config(self.out / "train_config.json", cfg, RESUMABLE_CHANGES)
         self.train_ds = load_dataset(cfg.dataset, cfg.train_split, cfg.data_dir, text_field=cfg.text_field,
                                      pair_field=cfg.pair_field, label_field=cfg.label_field)
         self.dev_ds = None
@@ -165,19 +166,6 @@ class Trainer:
         self.smoothed = None
 
     # -- config / resume ----------------------------------------------------------------------------------------------
-    def _check_or_write_config(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        path = self.out / "train_config.json"
-        now = dataclasses.asdict(self.cfg)
-        if path.exists():
-            before = json.loads(path.read_text())
-            diff = [k for k in now if k not in RESUMABLE_CHANGES and before.get(k) != now[k]]
-            if diff:
-                changes = ", ".join(f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in diff)
-                raise ValueError(f"{self.out} holds a run with a different config ({changes}); "
-                                 "use a new --out-dir or the same flags to resume")
-        path.write_text(json.dumps(now, indent=2) + "\n")
-
     # -- jitted functions ------------------------------------------------------------------------------------------
     def _step(self, params, opt_state, rest, batch, key):
         k_mask, k_drop = jax.random.split(key)
