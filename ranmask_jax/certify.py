@@ -77,7 +77,9 @@ def certify_dataset(cfg: CertifyConfig) -> dict:
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    check_resume_config(out / "certify_config.json", cfg, RESUMABLE_CHANGES)
+    rows_path = out / "certify.jsonl"
+    check_resume_config(out / "certify_config.json", cfg, RESUMABLE_CHANGES,
+                        started=rows_path.exists() and rows_path.stat().st_size > 0)
     sc, settings = smoothed_from_run(cfg)
     ds = load_dataset(cfg.dataset, cfg.split, cfg.data_dir, text_field=cfg.text_field, pair_field=cfg.pair_field,
                       label_field=cfg.label_field, label_names=settings["label_names"]
@@ -85,7 +87,6 @@ def certify_dataset(cfg: CertifyConfig) -> dict:
     if ds.num_labels != sc.num_labels:
         raise DataError(f"{ds.source}: {ds.num_labels} labels {ds.label_names} but the model has {sc.num_labels}")
     indices = select_indices(len(ds), cfg.num_examples, cfg.seed)
-    rows_path = out / "certify.jsonl"
     rows = _read_rows(rows_path)
     with open(rows_path, "w") as f:  # rewrite without a partial last row
         f.writelines(json.dumps(r) + "\n" for r in rows)

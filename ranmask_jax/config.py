@@ -140,12 +140,13 @@ def from_args(cls: type, args: argparse.Namespace):
 
 
 
-def check_resume_config(path: str | Path, cfg: Any, may_change: tuple[str, ...]) -> None:
-    """Write ``cfg`` to ``path``; if a previous run left one there, refuse a config that differs in any field
-    outside ``may_change`` (resuming with other settings would silently mix two experiments)."""
+def check_resume_config(path: str | Path, cfg: Any, may_change: tuple[str, ...], started: bool) -> None:
+    """Write ``cfg`` to ``path``. If a run that ``started`` (left checkpoints or rows) wrote one there, refuse a
+    config that differs in any field outside ``may_change``: resuming with other settings would silently mix two
+    experiments. A run that failed before producing anything does not bind the directory."""
     path = Path(path)
     now = dataclasses.asdict(cfg)
-    if path.exists():
+    if path.exists() and started:
         before = json.loads(path.read_text())
         diff = [k for k in now if k not in may_change and before.get(k) != now[k]]
         if diff:

@@ -115,7 +115,8 @@ class Trainer:
         if cfg.batch_size % n_dev:
             raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of the {n_dev} devices")
         self.out.mkdir(parents=True, exist_ok=True)
-        check_resume_config(self.out / "train_config.json", cfg, RESUMABLE_CHANGES)
+        started = (self.out / "checkpoints").is_dir() and any((self.out / "checkpoints").iterdir())
+        check_resume_config(self.out / "train_config.json", cfg, RESUMABLE_CHANGES, started)
         self.train_ds = load_dataset(cfg.dataset, cfg.train_split, cfg.data_dir, text_field=cfg.text_field,
                                      pair_field=cfg.pair_field, label_field=cfg.label_field)
         self.dev_ds = None

@@ -47,11 +47,25 @@ def tiny_setup(tmp_path_factory):
             "dev": str(write_rule_data(d / "dev.jsonl", 24, 1)), "dir": d}
 
 
+TINY_RUN = {"rho": 0.3, "batch_size": 8, "epochs": 2, "max_len": 32, "checkpoint_every": 4, "log_every": 2,
+            "eval_n": 4, "eval_examples": 6, "lr": 1e-3}
+
+
+def _settings(setup, out) -> dict:
+    return {"out_dir": str(out), "model": setup["model"], "dataset": setup["train"], "dev_file": setup["dev"],
+            **TINY_RUN}
+
+
 def train_args(setup, out, *extra):
-    return ["--out-dir", str(out), "--model", setup["model"], "--dataset", setup["train"], "--dev-file",
-            setup["dev"], "--rho", "0.3", "--batch-size", "8", "--epochs", "2", "--max-len", "32",
-            "--checkpoint-every", "4", "--log-every", "2", "--eval-n", "4", "--eval-examples", "6", "--lr", "1e-3",
-            *extra]
+    """CLI flags of the tiny run (extra flags win, argparse keeps the last)."""
+    flags = [x for k, v in _settings(setup, out).items() for x in ("--" + k.replace("_", "-"), str(v))]
+    return [*flags, *extra]
+
+
+def train_config(setup, out):
+    from ranmask_jax.config import TrainConfig
+
+    return TrainConfig(**_settings(setup, out))
 
 
 def run_cli(script, args, env=None, **kw):
@@ -143,14 +157,9 @@ def test_cli_errors_are_one_line(tiny_setup, tmp_path):
 
 
 def test_non_finite_loss_stops_the_run(tiny_setup, tmp_path, monkeypatch):
-    from ranmask_jax.config import TrainConfig
     from ranmask_jax.train import Trainer, TrainingError
 
-    args = train_args(tiny_setup, tmp_path / "nan")
-    cfg = TrainConfig(**{a[2:].replace("-", "_"): v for a, v in zip(args[::2], args[1::2], strict=True)} | {
-        "rho": 0.3, "batch_size": 8, "epochs": 2, "max_len": 32, "checkpoint_every": 4, "log_every": 2,
-        "eval_n": 4, "eval_examples": 6, "lr": 1e-3})
-    trainer = Trainer(cfg)
+    trainer = Trainer(train_config(tiny_setup, tmp_path / "nan"))
     step = trainer._train_step
 
     def poisoned(*a):
@@ -178,3 +187,12 @@ def test_mask_batch_keeps_k_words_and_rho_zero_keeps_all(bert_tokenizer):
         assert masks.tolist() == [h - k for h, k in zip([10, 3], kept, strict=True)]
         if rho == 0.0:
             np.testing.assert_array_equal(ids, batch["token_ids"])
+
+
+def test_failed_start_does_not_bind_the_directory(tiny_setup, tmp_path):
+    out = tmp_path / "retry"
+    bad = run_cli("train.py", train_args(tiny_setup, out, "--model", str(tmp_path / "no-model")))
+    assert bad.returncode == 2 and "no such directory" in bad.stderr
+    from ranmask_jax.train import Trainer
+
+    Trainer(train_config(tiny_setup, out))  # the corrected flags are accepted
