@@ -112,3 +112,23 @@ def plot_certified_accuracy(curves: dict[str, dict], path: str, title: str = "")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def rescore(rows: list[Mapping], beta: str = "one", alpha: float = 0.05) -> list[dict]:
+    """The same certification rows with the radius recomputed under another beta ("one" or "pc") from their stored
+    counts: no model run needed, and the votes are exactly the same. Exact-mode rows use the exact p_c."""
+    from ranmask_jax.smoothing import certified_radius, radius_from_bound
+
+    out = []
+    for r in rows:
+        r2 = dict(r)
+        if r["correct"]:
+            n_c = r["counts"][r["prediction"]]
+            if r["mode"] == "exact":
+                b = 1.0 if beta == "one" else n_c / r["n"]
+                r2["radius"] = radius_from_bound(n_c / r["n"], b, r["h"], r["k"]) if n_c / r["n"] > 0.5 else -1
+            else:
+                r2["radius"] = certified_radius(n_c, r["n"], r["h"], r["k"], alpha=alpha, beta=beta)
+        r2["beta_mode"] = beta
+        out.append(r2)
+    return out

@@ -113,3 +113,26 @@ def test_summary_matches_paper_definitions():
     assert median_certified([float("-inf")] * 3 + [1.0]) == float("-inf")
     assert summarize(rows[:2] + rows[2:3])["mcb_largest"] is None  # mostly misclassified: N/A
     assert "| 5 | 60.0 | 1 |" in markdown_table(s)
+
+
+def test_rescore_to_beta_one_matches_direct_certificates():
+    import numpy as np
+
+    from ranmask_jax.metrics import rescore
+    from ranmask_jax.smoothing import certificate_from_counts
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        h = int(rng.integers(3, 40))
+        k = int(rng.integers(1, h + 1))
+        exact = bool(rng.random() < 0.3)
+        n = int(rng.integers(50, 2000))
+        counts = np.array([int(rng.integers(0, n)), 0])
+        counts[1] = n - counts[0]
+        label = int(rng.integers(0, 2))
+        pc = certificate_from_counts(label, counts, counts, h, k, 0.05, "pc", exact=exact)
+        one = certificate_from_counts(label, counts, counts, h, k, 0.05, "one", exact=exact)
+        row = {"correct": pc.correct, "prediction": pc.prediction, "counts": list(pc.counts), "n": pc.n, "h": h,
+               "k": k, "mode": pc.mode, "radius": pc.radius}
+        assert rescore([row], "one")[0]["radius"] == one.radius
+        assert rescore([row], "pc")[0]["radius"] == pc.radius
