@@ -95,7 +95,8 @@ def certify_dataset(cfg: CertifyConfig) -> dict:
     if done:
         log.info("resuming: %d of %d texts already certified", len(indices) - len(todo), len(indices))
     root = jax.random.key(cfg.seed)
-    thr = cfg.n if cfg.exact_threshold is None else cfg.exact_threshold
+    # exact mode when enumerating costs no more copies than sampling would: n (certify) or n0 (accuracy only)
+    thr = (cfg.n0 if cfg.accuracy_only else cfg.n) if cfg.exact_threshold is None else cfg.exact_threshold
     with open(rows_path, "a") as f:
         for i in tqdm(todo, desc="certify", unit="text", disable=None, dynamic_ncols=True):
             ex = ds.examples[i]

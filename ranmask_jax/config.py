@@ -89,7 +89,8 @@ class CertifyConfig:
     alpha: float = opt(0.05, "1 - confidence level of the Clopper-Pearson bound")
     beta: str = opt("pc", "pc (paper, an estimate), one (rigorous), mc (Monte Carlo estimate)")
     n_r: int = opt(200, "perturbation sets per d for --beta mc")
-    exact_threshold: int | None = opt(None, "enumerate all keep sets when C(h, k) <= this (default: n; 0: never)")
+    exact_threshold: int | None = opt(None, "enumerate all keep sets when C(h, k) <= this (default: n, or n0 with "
+                                            "--accuracy-only; 0: never)")
     rho: float | None = opt(None, "masking rate (default: the run's)")
     min_keep: int | None = opt(None, "floor on kept words (default: the run's)")
     max_len: int | None = opt(None, "maximum tokens per text (default: the run's)")
