@@ -314,12 +314,23 @@ class SmoothedClassifier:
 
         width = bucket_length(len(enc.token_ids), self.max_len)
         text = jax.device_put(enc.padded(width, self.pad_id), self._rep)
+        rows = self.batch_rows(len(keep))
         out = []
-        for start in range(0, len(keep), self.batch_size):
-            chunk = keep[start:start + self.batch_size]
-            batch = jax.device_put(pad_rows(chunk, self.batch_size), self._shard)
+        for start in range(0, len(keep), rows):
+            chunk = keep[start:start + rows]
+            batch = jax.device_put(pad_rows(chunk, rows), self._shard)
             out.append(np.asarray(self._forward(self._state, text, batch))[:len(chunk)])
         return np.concatenate(out) if out else np.zeros((0, self.num_labels), np.float32)
+
+    def batch_rows(self, m: int) -> int:
+        """Rows per device step for ``m`` copies: ``batch_size``, or for fewer copies the smallest power of two
+        >= m (at least 16, a multiple of the device count), so that small calls do not pay for a full batch while
+        only a handful of shapes is ever compiled."""
+        if m >= self.batch_size:
+            return self.batch_size
+        n_dev = self.mesh.devices.size
+        rows = max(16, 1 << max(m - 1, 0).bit_length())
+        return min(self.batch_size, -(-rows // n_dev) * n_dev)
 
     def classify(self, enc, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Classify each DISTINCT keep set once. Returns (unique keep sets, multiplicities, logits)."""

@@ -74,9 +74,16 @@ def test_no_recompilation_within_a_bucket(bert_tokenizer):
     sc = SmoothedClassifier(tiny_classifier(bert_tokenizer), bert_tokenizer, rho=0.3, batch_size=32, max_len=64)
     for text in ["one two three four five six seven", "a b c d e f g h i j k", "short text here ok ."]:
         sc.predict(jax.random.key(0), text, n=100, exact_threshold=0)
-    assert sc.traces == 1  # all within the 16-token bucket
+    assert sc.traces == 2  # 16-token bucket: full batches of 32, and 16 rows for the 10 distinct copies of the last
+    for text in ["another text of eight words right here", "x y z w v u t s r q p", "tiny one here ."]:
+        sc.predict(jax.random.key(1), text, n=100, exact_threshold=0)
+    assert sc.traces == 2  # more texts of other lengths in the same bucket: no new compilation
     sc.predict(jax.random.key(0), " ".join(["word"] * 25), n=100, exact_threshold=0)
-    assert sc.traces == 2  # the 32-token bucket
+    assert sc.traces == 3  # the 32-token bucket
+
+
+def test_small_calls_use_small_batches(smoothed):
+    assert [smoothed.batch_rows(m) for m in (1, 10, 16, 17, 40, 64, 500)] == [16, 16, 16, 32, 64, 64, 64]
 
 
 def test_predict_ensembles_and_abstain(smoothed):
