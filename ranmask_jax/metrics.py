@@ -102,6 +102,9 @@ def plot_certified_accuracy(curves: dict[str, dict], path: str, title: str = "")
         xs = ds + [ds[-1] + 1]
         ys = [ca[d] for d in ds] + [0.0]
         ax.step(xs, ys, where="post", label=label)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("radius d (words changed)")
     ax.set_ylabel("certified accuracy")
     ax.set_ylim(0, 1)
