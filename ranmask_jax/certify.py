@@ -153,6 +153,7 @@ def predict_texts(cfg: CertifyConfig) -> list[dict]:
     src = sys.stdin if cfg.predict == "-" else open(cfg.predict, encoding="utf-8")
     results = []
     root = jax.random.key(cfg.seed)
+    thr = cfg.n if cfg.exact_threshold is None else cfg.exact_threshold
     with src:
         for lineno, line in enumerate(src, 1):
             if not line.strip():
@@ -162,7 +163,6 @@ def predict_texts(cfg: CertifyConfig) -> list[dict]:
                 raise DataError(f"{cfg.predict}:{lineno}: expected a text or premise<TAB>hypothesis")
             text, pair = parts[0], (parts[1] if len(parts) == 2 else None)
             key = jax.random.fold_in(root, lineno)
-            thr = cfg.n if cfg.exact_threshold is None else cfg.exact_threshold
             pred = sc.predict(key, text, pair, n=cfg.n, exact_threshold=thr)
             row = {"line": lineno, "text": text, "label": names[pred.label], "label_id": pred.label,
                    "votes": dict(zip(names, pred.counts, strict=True)), "n": pred.n, "h": pred.h, "k": pred.k}

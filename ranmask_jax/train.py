@@ -129,15 +129,10 @@ class Trainer:
                 self.dev_ds = load_dataset(dev_name, cfg.dev_split, cfg.data_dir, text_field=cfg.text_field,
                                            pair_field=cfg.pair_field, label_field=cfg.label_field,
                                            label_names=self.train_ds.label_names if is_file else None)
+        dropout = {} if cfg.dropout is None else {"hidden_dropout_prob": cfg.dropout,
+                                                   "attention_probs_dropout_prob": cfg.dropout}
         model, self.tokenizer, mcfg = load_pretrained(cfg.model, num_labels=self.train_ds.num_labels, seed=cfg.seed,
-                                                      allow_pickle=cfg.allow_pickle, dtype=cfg.dtype)
-        if cfg.dropout is not None:
-            from ranmask_jax.models import build_model
-
-            mcfg = mcfg.replace(hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout)
-            fresh = build_model(mcfg, rngs=nnx.Rngs(cfg.seed))
-            nnx.update(fresh, nnx.state(model, nnx.Param))
-            model = fresh
+                                                      allow_pickle=cfg.allow_pickle, dtype=cfg.dtype, **dropout)
         self.model_cfg = mcfg
         if mcfg.max_positions < cfg.max_len:
             raise ValueError(f"max_len {cfg.max_len} exceeds the model's {mcfg.max_positions} positions")

@@ -196,3 +196,13 @@ def test_failed_start_does_not_bind_the_directory(tiny_setup, tmp_path):
     from ranmask_jax.train import Trainer
 
     Trainer(train_config(tiny_setup, out))  # the corrected flags are accepted
+
+
+def test_dropout_override_reaches_the_model(tiny_setup, tmp_path):
+    import dataclasses
+
+    from ranmask_jax.train import Trainer
+
+    cfg = dataclasses.replace(train_config(tiny_setup, tmp_path / "drop"), dropout=0.25)
+    t = Trainer(cfg)
+    assert t.model_cfg.hidden_dropout_prob == 0.25 and t.model_cfg.attention_probs_dropout_prob == 0.25

