@@ -3,39 +3,43 @@
 #   bash experiments/paper_tables.sh DATA_DIR RUNS_DIR [STAGE ...]
 # Stages: sst2-<rho> (train + certify 200 test sentences + accuracy of g on the full test split), sst2-base,
 # agnews-<rho>. Every step resumes when rerun.
+# Environment: MODEL (starting weights, default minilm-l6), CERTIFY_ARGS (extra flags for every certify.py call,
+# e.g. "--batch-size 1024" on a GPU).
 set -euo pipefail
 DATA_DIR="$1"; RUNS="$2"; shift 2
 cd "$(dirname "$0")/.."
 N0=100; N=1000; NUM=200
+MODEL="${MODEL:-minilm-l6}"
+read -r -a CERT_EXTRA <<< "${CERTIFY_ARGS:-}"
 
 certify() {  # run_dir dataset extra...
     local run="$1" ds="$2"; shift 2
     # beta = pc as in the paper; summarize.py recomputes the rigorous beta = 1 radius from the same votes
     python certify.py --run-dir "$run" --data-dir "$DATA_DIR" --dataset "$ds" --split test --num-examples $NUM \
-        --n0 $N0 --n $N --alpha 0.05 --beta pc --seed 0 --out "$run/certify-test" "$@"
+        --n0 $N0 --n $N --alpha 0.05 --beta pc --seed 0 --out "$run/certify-test" "${CERT_EXTRA[@]}" "$@"
 }
 
 accuracy() {  # accuracy of g on the whole test split: vote over N0 copies
     local run="$1" ds="$2"; shift 2
     python certify.py --run-dir "$run" --data-dir "$DATA_DIR" --dataset "$ds" --split test \
-        --n0 $N0 --accuracy-only --seed 0 --out "$run/accuracy-test" "$@"
+        --n0 $N0 --accuracy-only --seed 0 --out "$run/accuracy-test" "${CERT_EXTRA[@]}" "$@"
 }
 
 for stage in "$@"; do
     case "$stage" in
         sst2-base)
-            python train.py --out-dir "$RUNS/sst2-rho0" --data-dir "$DATA_DIR" --dataset sst2 --rho 0 \
+            python train.py --model "$MODEL" --out-dir "$RUNS/sst2-rho0" --data-dir "$DATA_DIR" --dataset sst2 --rho 0 \
                 --epochs 3 --max-len 64 --eval-n 1 --checkpoint-every 100
             accuracy "$RUNS/sst2-rho0" sst2 --n0 1 ;;
         sst2-*)
             rho="${stage#sst2-}"
-            python train.py --out-dir "$RUNS/sst2-rho$rho" --data-dir "$DATA_DIR" --dataset sst2 --rho "$rho" \
+            python train.py --model "$MODEL" --out-dir "$RUNS/sst2-rho$rho" --data-dir "$DATA_DIR" --dataset sst2 --rho "$rho" \
                 --epochs 3 --max-len 64 --eval-n 16 --checkpoint-every 100
             certify "$RUNS/sst2-rho$rho" sst2
             accuracy "$RUNS/sst2-rho$rho" sst2 ;;
         agnews-*)
             rho="${stage#agnews-}"
-            python train.py --out-dir "$RUNS/agnews-rho$rho" --data-dir "$DATA_DIR" --dataset ag_news \
+            python train.py --model "$MODEL" --out-dir "$RUNS/agnews-rho$rho" --data-dir "$DATA_DIR" --dataset ag_news \
                 --rho "$rho" --epochs 2 --max-len 128 --eval-n 16 --checkpoint-every 100
             certify "$RUNS/agnews-rho$rho" ag_news
             accuracy "$RUNS/agnews-rho$rho" ag_news ;;
