@@ -1,8 +1,9 @@
 """JAX vs PyTorch forward throughput of the same MiniLM-L6 classifier weights.
 
 Both frameworks get the same batch (random token ids, full attention mask) and the same weights (the JAX model is
-exported with ``export_pretrained`` and loaded by transformers). Compilation / warm-up is excluded; the two are timed
-in alternating repetitions and the medians are reported with their ratio.
+exported with ``export_pretrained`` and loaded by transformers), on the same kind of device: PyTorch runs on CUDA
+when JAX's default backend is a GPU (``--torch-device`` overrides). Compilation / warm-up is excluded; the two are
+timed in alternating repetitions and the medians are reported with their ratio.
 
     python benchmarks/forward.py --batch 256 --seq-len 64 --reps 7
 """
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="JAX compute dtype")
     p.add_argument("--attention", default="fused", choices=["fused", "explicit"], help="JAX attention form")
+    p.add_argument("--torch-device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="PyTorch's device (auto: cuda when JAX runs on a GPU)")
     p.add_argument("--json", help="append the result as one JSON line to this file")
     args = p.parse_args(argv)
 
@@ -42,6 +45,10 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as d:
         export_pretrained(model, tok, cfg, d)
         tm = tf.AutoModelForSequenceClassification.from_pretrained(d).eval()
+    tdev = args.torch_device
+    if tdev == "auto":
+        tdev = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    tm = tm.to(tdev)
 
     rng = np.random.default_rng(0)
     ids = rng.integers(1000, cfg.vocab_size, size=(args.batch, args.seq_len)).astype(np.int32)
@@ -55,14 +62,15 @@ def main(argv: list[str] | None = None) -> dict:
         return nnx.merge(graphdef, state)(ids, mask)
 
     j_ids, j_mask = jnp.asarray(ids), jnp.asarray(mask)
-    t_ids, t_mask = torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(mask.astype(np.int64))
+    t_ids = torch.from_numpy(ids.astype(np.int64)).to(tdev)
+    t_mask = torch.from_numpy(mask.astype(np.int64)).to(tdev)
 
     def run_jax():
         return np.asarray(jax_forward(state, j_ids, j_mask).block_until_ready())
 
     def run_torch():
         with torch.inference_mode():
-            return tm(input_ids=t_ids, attention_mask=t_mask).logits.numpy()
+            return tm(input_ids=t_ids, attention_mask=t_mask).logits.cpu().numpy()  # .cpu() waits for the GPU
 
     a, b = run_jax(), run_torch()  # warm-up (and compilation)
     max_diff = float(np.abs(a - b).max())
@@ -78,12 +86,13 @@ def main(argv: list[str] | None = None) -> dict:
         "attention": cfg.attention,
         "jax_seq_per_s": args.batch / mj, "torch_seq_per_s": args.batch / mt, "jax_over_torch": mt / mj,
         "max_abs_logit_diff": max_diff, "jax": jax.__version__, "torch": torch.__version__,
-        "device": str(jax.devices()[0]), "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+        "device": str(jax.devices()[0]), "torch_device": tdev,
+        "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
     return report([
         f"JAX   {res['jax_seq_per_s']:8.1f} seq/s   (median of {args.reps}, {args.dtype}, {args.attention} attention)",
-        f"torch {res['torch_seq_per_s']:8.1f} seq/s   (median of {args.reps}, float32)",
+        f"torch {res['torch_seq_per_s']:8.1f} seq/s   (median of {args.reps}, float32, {tdev})",
         f"ratio JAX/torch = {res['jax_over_torch']:.2f}   max |logit diff| = {max_diff:.2e}",
     ], res, args.json)
 
