@@ -23,6 +23,7 @@ from ranmask_jax.config import CertifyConfig, check_resume_config
 from ranmask_jax.data import DataError, load_dataset
 from ranmask_jax.models import load_pretrained
 from ranmask_jax.models.pretrained import resolve
+from ranmask_jax.progress import Heartbeat
 from ranmask_jax.smoothing import SmoothedClassifier
 
 log = logging.getLogger(__name__)
@@ -97,8 +98,13 @@ def certify_dataset(cfg: CertifyConfig) -> dict:
     root = jax.random.key(cfg.seed)
     # exact mode when enumerating costs no more copies than sampling would: n (certify) or n0 (accuracy only)
     thr = (cfg.n0 if cfg.accuracy_only else cfg.n) if cfg.exact_threshold is None else cfg.exact_threshold
+    bar = tqdm(todo, desc="certify", unit="text", disable=None, dynamic_ncols=True)
+    beat, t_start = Heartbeat(log, bar), time.perf_counter()
     with open(rows_path, "a") as f:
-        for i in tqdm(todo, desc="certify", unit="text", disable=None, dynamic_ncols=True):
+        for j, i in enumerate(bar):
+            beat("%d/%d texts, accuracy of g so far %.1f%%, %.2f s a text", len(indices) - len(todo) + j,
+                 len(indices), 100 * np.mean([r["correct"] for r in rows]) if rows else 0.0,
+                 (time.perf_counter() - t_start) / max(j, 1))
             ex = ds.examples[i]
             t0 = time.perf_counter()
             if cfg.accuracy_only:

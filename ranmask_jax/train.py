@@ -32,6 +32,7 @@ from ranmask_jax.data import Dataset, load_dataset
 from ranmask_jax.masking import EncodedText, bucket_length, build_masked, encode, keep_count, sample_keep
 from ranmask_jax.models import export_pretrained, load_pretrained
 from ranmask_jax.models.pretrained import RUN_META
+from ranmask_jax.progress import Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +281,8 @@ class Trainer:
 
         bar = tqdm(total=self.total_steps, initial=step, desc=f"train rho={cfg.rho}", unit="step",
                    disable=None, dynamic_ncols=True)
-        t0, pending = time.time(), []
+        t0, pending, start_step = time.time(), [], step
+        beat = Heartbeat(log, bar)
         while step < self.total_steps:
             epoch, pos = divmod(step, self.steps_per_epoch)
             order = epoch_order(cfg.seed, epoch, len(self.train))
@@ -301,6 +303,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{vals['loss']:.4f}")
                 emit({"step": step, "epoch": step / self.steps_per_epoch, **vals,
                       "elapsed_s": round(time.time() - t0, 2)})
+                beat("step %d/%d  loss %.4f  %.2f s/step", step, self.total_steps, vals["loss"],
+                     (time.time() - t0) / (step - start_step))
             if epoch_end:
                 if self.dev is not None:
                     last_eval = self.evaluate()

@@ -206,3 +206,20 @@ def test_dropout_override_reaches_the_model(tiny_setup, tmp_path):
     cfg = dataclasses.replace(train_config(tiny_setup, tmp_path / "drop"), dropout=0.25)
     t = Trainer(cfg)
     assert t.model_cfg.hidden_dropout_prob == 0.25 and t.model_cfg.attention_probs_dropout_prob == 0.25
+
+
+def test_heartbeat_logs_only_without_a_bar(caplog):
+    import logging
+    from types import SimpleNamespace
+
+    from ranmask_jax.progress import Heartbeat
+
+    logger = logging.getLogger("ranmask_jax.test_heartbeat")
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        Heartbeat(logger, SimpleNamespace(disable=False), every=0.0)("shown bar %d", 1)
+        quiet = Heartbeat(logger, SimpleNamespace(disable=True), every=0.0)
+        quiet("no bar %d", 2)
+        quiet("no bar %d", 3)
+        slow = Heartbeat(logger, SimpleNamespace(disable=True), every=3600.0)
+        slow("too soon %d", 4)
+    assert [r.getMessage() for r in caplog.records] == ["no bar 2", "no bar 3"]
