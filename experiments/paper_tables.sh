@@ -11,6 +11,9 @@ cd "$(dirname "$0")/.."
 N0=100; N=1000; NUM=200
 MODEL="${MODEL:-minilm-l6}"
 read -r -a CERT_EXTRA <<< "${CERTIFY_ARGS:-}"
+# reuse compiled shapes across the train / certify / accuracy processes (JAX's persistent compilation cache)
+export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$RUNS/.jax-cache}"
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-0}"
 
 certify() {  # run_dir dataset extra...
     local run="$1" ds="$2"; shift 2
