@@ -35,6 +35,8 @@ class TrainConfig:
     max_len: int = opt(128, "maximum tokens per text; words beyond it are dropped")
     batch_size: int = opt(32, "global batch size (a multiple of the number of devices)")
     epochs: int = opt(20, "training epochs")
+    group_by_length: int = opt(0, "sort texts by length within windows of this many batches, then shuffle the "
+                                  "batches: less padding, faster steps (0: plain shuffle)")
     max_steps: int | None = opt(None, "stop after this many steps (caps epochs; the schedule spans the capped run)")
     lr: float = opt(5e-5, "peak learning rate (AdamW)")
     weight_decay: float = opt(1e-6, "AdamW weight decay")
@@ -68,6 +70,8 @@ class TrainConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.eval_n < 0 or self.eval_examples < 0:
             raise ValueError("eval_n and eval_examples must be >= 0")
+        if self.group_by_length < 0:
+            raise ValueError(f"group_by_length must be >= 0, got {self.group_by_length}")
 
 
 @dataclasses.dataclass
@@ -148,7 +152,8 @@ def check_resume_config(path: str | Path, cfg: Any, may_change: tuple[str, ...],
     path = Path(path)
     now = dataclasses.asdict(cfg)
     if path.exists() and started:
-        before = json.loads(path.read_text())
+        # a field added after the run started counts as its default there
+        before = {f.name: f.default for f in dataclasses.fields(cfg)} | json.loads(path.read_text())
         diff = [k for k in now if k not in may_change and before.get(k) != now[k]]
         if diff:
             changes = ", ".join(f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in diff)

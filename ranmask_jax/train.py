@@ -101,8 +101,25 @@ def mask_batch(key: jax.Array, batch: dict, mask_id: int, pad_id: int):
                          batch["first_of_word"], batch["h"], batch["k"])
 
 
-def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(n)
+def epoch_order(seed: int, epoch: int, n: int, lengths: np.ndarray | None = None, batch_size: int = 1,
+                group: int = 0) -> np.ndarray:
+    """The texts of one epoch in training order, a function of (seed, epoch) alone so that a resumed run repeats it.
+
+    With ``group > 0`` the shuffled order is cut into windows of ``group`` batches, each window is sorted by token
+    length and the resulting batches are shuffled again: batches of similar lengths pad to shorter buckets, while
+    every text is still seen once per epoch in a random batch.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n)
+    if group <= 0 or lengths is None:
+        return order
+    window = group * batch_size
+    for s in range(0, n, window):
+        part = order[s:s + window]
+        order[s:s + window] = part[np.argsort(lengths[part], kind="stable")]
+    full = n // batch_size * batch_size
+    batches = order[:full].reshape(-1, batch_size)[rng.permutation(n // batch_size)]
+    return np.concatenate([batches.reshape(-1), order[full:]])
 
 
 class Trainer:
@@ -285,7 +302,8 @@ class Trainer:
         beat = Heartbeat(log, bar)
         while step < self.total_steps:
             epoch, pos = divmod(step, self.steps_per_epoch)
-            order = epoch_order(cfg.seed, epoch, len(self.train))
+            order = epoch_order(cfg.seed, epoch, len(self.train), self.train.lengths, cfg.batch_size,
+                                cfg.group_by_length)
             idx = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
             batch = self._shard(self.train.batch(idx, cfg.max_len))
             self.params, self.opt_state, m = self._train_step(self.params, self.opt_state, self.rest, batch,

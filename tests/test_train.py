@@ -223,3 +223,40 @@ def test_heartbeat_logs_only_without_a_bar(caplog):
         slow = Heartbeat(logger, SimpleNamespace(disable=True), every=3600.0)
         slow("too soon %d", 4)
     assert [r.getMessage() for r in caplog.records] == ["no bar 2", "no bar 3"]
+
+
+def test_epoch_order_grouped_by_length():
+    from ranmask_jax.train import epoch_order
+
+    n, bs = 1003, 8
+    lengths = np.random.default_rng(5).integers(5, 120, n)
+    plain = epoch_order(0, 3, n)
+    assert np.array_equal(plain, np.random.default_rng([0, 3]).permutation(n))  # runs made before grouping resume
+    grouped = epoch_order(0, 3, n, lengths, bs, group=20)
+    assert sorted(grouped.tolist()) == list(range(n))  # every text once
+    assert np.array_equal(grouped, epoch_order(0, 3, n, lengths, bs, group=20))  # a function of (seed, epoch)
+    assert not np.array_equal(grouped, epoch_order(0, 4, n, lengths, bs, group=20))
+    full = n // bs * bs
+
+    def padded_tokens(order):
+        return int(lengths[order[:full]].reshape(-1, bs).max(axis=1).sum() * bs)
+
+    assert padded_tokens(grouped) < 0.7 * padded_tokens(plain)
+    # batches are shuffled after sorting: their maximum lengths are not in increasing order
+    maxima = lengths[grouped[:full]].reshape(-1, bs).max(axis=1)
+    assert not np.all(np.diff(maxima) >= 0)
+
+
+def test_config_fields_added_later_count_as_their_defaults(tmp_path):
+    from ranmask_jax.config import TrainConfig, check_resume_config
+
+    path = tmp_path / "train_config.json"
+    cfg = TrainConfig(out_dir=str(tmp_path))
+    check_resume_config(path, cfg, (), started=False)
+    saved = json.loads(path.read_text())
+    del saved["group_by_length"]  # as written by a version without the field
+    path.write_text(json.dumps(saved))
+    check_resume_config(path, cfg, (), started=True)  # same run: accepted
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="group_by_length: 0 -> 4"):
+        check_resume_config(path, TrainConfig(out_dir=str(tmp_path), group_by_length=4), (), started=True)
