@@ -1,8 +1,17 @@
-"""Shared by the benchmark scripts: print lines and append the result as one JSON line."""
+"""Shared by the benchmark scripts: their common flags, and printing lines plus appending one JSON line."""
 
 from __future__ import annotations
 
+import argparse
 import json
+
+
+def parser(doc: str, reps: int) -> argparse.ArgumentParser:
+    """An argument parser with the script's docstring and the flags every benchmark takes (--reps, --json)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--reps", type=int, default=reps, help="repetitions (medians are reported)")
+    p.add_argument("--json", help="append the result as one JSON line to this file")
+    return p
 
 
 def report(lines: list[str], result: dict, json_path: str | None) -> dict:

@@ -10,7 +10,6 @@ timed in alternating repetitions and the medians are reported with their ratio.
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import statistics
@@ -20,20 +19,18 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _report import report
+from _report import parser, report
 from flax import nnx
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, reps=7)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--seq-len", type=int, default=64)
-    p.add_argument("--reps", type=int, default=7)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="JAX compute dtype")
     p.add_argument("--attention", default="fused", choices=["fused", "explicit"], help="JAX attention form")
     p.add_argument("--torch-device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="PyTorch's device (auto: cuda when JAX runs on a GPU)")
-    p.add_argument("--json", help="append the result as one JSON line to this file")
     args = p.parse_args(argv)
 
     import torch

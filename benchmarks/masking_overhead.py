@@ -9,25 +9,22 @@ building the masked token ids for every batch (jitted alone; inside ``classify``
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import jax
 import numpy as np
-from _report import report
+from _report import parser, report
 
 TEXT = ("it 's a charming and often affecting journey , with a sharp script and a cast that makes the most of "
         "every quiet moment .")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, reps=3)
     p.add_argument("--n", type=int, default=5000)
-    p.add_argument("--reps", type=int, default=3)
     p.add_argument("--rho", type=float, default=0.3)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--json", help="append the result as one JSON line to this file")
     args = p.parse_args(argv)
 
     from ranmask_jax import load_pretrained

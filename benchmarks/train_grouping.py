@@ -10,7 +10,6 @@ padded length of a batch. The two runs alternate --reps times; medians over repe
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -19,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _report import report
+from _report import parser, report
 
 
 def one_run(args, group: int, out: Path) -> dict:
@@ -44,15 +43,13 @@ def one_run(args, group: int, out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, reps=1)
     p.add_argument("--dataset", default="ag_news")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--rho", type=float, default=0.9)
     p.add_argument("--max-len", type=int, default=128)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--group", type=int, default=50)
-    p.add_argument("--reps", type=int, default=1)
-    p.add_argument("--json", help="append the result as one JSON line to this file")
     args = p.parse_args(argv)
 
     res: dict[int, list[dict]] = {0: [], args.group: []}
