@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         if rows:
             s = metrics.summarize(rows)
             one = metrics.summarize(metrics.rescore(rows, "one", alpha=rows[0].get("alpha", 0.05)))
-            curves[f"rho={meta['rho']}"] = s
+            curves[(f"rho={meta['rho']}", run.name)] = s
             secs = [r["seconds"] for r in rows]
             timing = f"{statistics.median(secs):.2f} ({sum(secs) / 60:.1f})"
             cells = [_pct(s["accuracy"]) + f" ({s['n']})", _num(s["mcb_largest"]), _pct(s["mcr_largest"]),
@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     print("\n".join(lines))
     if args.plot and curves:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        labels = [rho for rho, _ in curves]  # the run's name is added where two runs share a rho
+        curves = {rho if labels.count(rho) == 1 else f"{rho} ({name})": c for (rho, name), c in curves.items()}
         metrics.plot_certified_accuracy(curves, args.plot, title=args.title)
 
 
