@@ -300,10 +300,12 @@ class Trainer:
                    disable=None, dynamic_ncols=True)
         t0, pending, start_step = time.time(), [], step
         beat = Heartbeat(log, bar)
+        order_epoch, order = -1, None
         while step < self.total_steps:
             epoch, pos = divmod(step, self.steps_per_epoch)
-            order = epoch_order(cfg.seed, epoch, len(self.train), self.train.lengths, cfg.batch_size,
-                                cfg.group_by_length)
+            if epoch != order_epoch:  # once per epoch, not per step
+                order_epoch, order = epoch, epoch_order(cfg.seed, epoch, len(self.train), self.train.lengths,
+                                                        cfg.batch_size, cfg.group_by_length)
             idx = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
             batch = self._shard(self.train.batch(idx, cfg.max_len))
             self.params, self.opt_state, m = self._train_step(self.params, self.opt_state, self.rest, batch,
