@@ -21,6 +21,7 @@ import numpy as np
 from ranmask_jax import distributed, metrics
 from ranmask_jax.config import CertifyConfig, check_resume_config
 from ranmask_jax.data import DataError, load_dataset
+from ranmask_jax.masking import DEFAULT_MIN_KEEP
 from ranmask_jax.models import load_pretrained
 from ranmask_jax.models.pretrained import resolve
 from ranmask_jax.progress import Heartbeat
@@ -39,8 +40,10 @@ def smoothed_from_run(cfg: CertifyConfig) -> tuple[SmoothedClassifier, dict]:
     if rho is None:
         raise ValueError(f"{cfg.run_dir} is not a ranmask-jax run (no {Path(cfg.run_dir) / 'ranmask_run.json'}); "
                          "pass --rho")
-    settings = {"rho": rho, "min_keep": cfg.min_keep if cfg.min_keep is not None else meta.get("min_keep", 1),
-                "max_len": cfg.max_len or meta.get("max_len", 128),
+    # a run keeps the min_keep it was trained with (old runs: 1); k_x always follows masking.keep_count
+    settings = {"rho": rho, "min_keep": cfg.min_keep if cfg.min_keep is not None else meta.get("min_keep",
+                                                                                                DEFAULT_MIN_KEEP),
+                "max_len": cfg.max_len if cfg.max_len is not None else meta.get("max_len", 128),
                 "mask_side": cfg.mask_side or meta.get("mask_side", "second")}
     bs = distributed.round_up(cfg.batch_size, len(jax.devices()))
     sc = SmoothedClassifier(model, tok, batch_size=bs, **settings)

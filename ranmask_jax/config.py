@@ -31,8 +31,9 @@ class TrainConfig:
     label_field: str = opt("label", "file datasets: the label column / key")
     mask_side: str = opt("second", "for pairs: which side's words are masked (first, second, both)")
     rho: float = opt(0.3, "masking rate: fraction of words replaced by the mask token (0: plain baseline)")
-    min_keep: int = opt(1, "floor on the number of kept words k_x")
-    max_len: int = opt(128, "maximum tokens per text; words beyond it are dropped")
+    min_keep: int = opt(2, "floor on the number of kept words: k_x = max(h - round(h * rho), min(min_keep, h))")
+    max_len: int = opt(128, "maximum tokens the model reads: every word is masked, then each masked copy is cut to "
+                            "this length")
     batch_size: int = opt(32, "global batch size (a multiple of the number of devices)")
     epochs: int = opt(20, "training epochs")
     group_by_length: int = opt(0, "sort texts by length within windows of this many batches, then shuffle the "
@@ -72,6 +73,8 @@ class TrainConfig:
             raise ValueError("eval_n and eval_examples must be >= 0")
         if self.group_by_length < 0:
             raise ValueError(f"group_by_length must be >= 0, got {self.group_by_length}")
+        if self.min_keep < 0:
+            raise ValueError(f"min_keep must be >= 0, got {self.min_keep}")
 
 
 @dataclasses.dataclass
@@ -97,7 +100,8 @@ class CertifyConfig:
                                             "--accuracy-only; 0: never)")
     rho: float | None = opt(None, "masking rate (default: the run's)")
     min_keep: int | None = opt(None, "floor on kept words (default: the run's)")
-    max_len: int | None = opt(None, "maximum tokens per text (default: the run's)")
+    max_len: int | None = opt(None, "maximum tokens the model reads; copies are cut after masking (default: the "
+                                    "run's)")
     mask_side: str | None = opt(None, "for pairs: masked side (default: the run's)")
     batch_size: int = opt(256, "masked copies per device step")
     dtype: str = opt("float32", "compute dtype")
@@ -119,6 +123,18 @@ class CertifyConfig:
             raise ValueError(f"beta must be pc, one or mc, got {self.beta!r}")
         if self.num_examples is not None and self.num_examples < 1:
             raise ValueError("num_examples must be >= 1")
+        for name in ("batch_size", "n_r"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("min_keep", "exact_threshold"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_len is not None and self.max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {self.max_len}")
+        if self.rho is not None and not 0.0 <= self.rho <= 1.0:
+            raise ValueError(f"rho must be in [0, 1], got {self.rho}")
+        if self.mask_side is not None and self.mask_side not in ("first", "second", "both"):
+            raise ValueError(f"mask_side must be first, second or both, got {self.mask_side!r}")
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:

@@ -1,24 +1,34 @@
-"""Word-level random masking: word spans of a text, the keep-set sampler, and masked-copy construction.
+"""Word-level random masking: word units of a text, the keep-set sampler, and masked-copy construction.
 
-Words are whitespace-separated units (the paper's h_x). A text is tokenized once with offsets; each token is tied
-to the word whose characters it covers. A masked copy keeps the subword tokens of its kept words and replaces every
-masked word by ONE mask token, then is compacted to the left and padded -- exactly the token ids one gets by
-writing the mask token in place of each masked word and tokenizing again (tests check this for WordPiece and
+Words are the whitespace-separated units of the WHOLE text (the paper's h_x); nothing is dropped before masking.
+A text is tokenized once with offsets and each token is tied to the word whose characters it covers. A masked copy
+keeps the subword tokens of its kept words and replaces every masked word by ONE mask token; it is compacted to the
+left and only THEN cut to ``max_len`` tokens, on the device -- exactly the token ids one gets by writing the mask
+token in place of each masked word, tokenizing the result and truncating it (tests check this for WordPiece and
 byte-level BPE).
 
-Truncation: when a text is longer than ``max_len`` tokens, whole words are dropped from its end until it fits.
-Dropped words do not count in h_x: the certificate is about the words the model reads.
+Why the order matters: for a text x' that substitutes some words of x, every keep set that avoids the substituted
+words yields the identical model input, whatever the new words tokenize to, because the truncation reads only the
+masked copy. Truncating x first would let a longer substitute push other words out of the window (and change h_x).
 
-Device functions are pure and shape-static: the per-text arrays are padded to a length bucket ``T`` and keep sets
-are boolean masks ``[n, T]`` over word slots, so texts of different lengths in one bucket share one compilation.
+A word that tokenizes to nothing (a zero-width space, a soft hyphen, a control character) is still a word: kept, it
+contributes no token; masked, it becomes one mask token. It occupies one "phantom" slot (``has_token`` false).
+
+Truncation of a masked copy (``build_masked``): special tokens are always kept; with ``B = max_len - #specials``
+content tokens to spare, a single text keeps its first B content tokens; a pair with side lengths a + b > B keeps
+``min(shorter, B // 2)`` tokens of its shorter side (the first on a tie) and fills the rest of B from the longer
+one -- what Hugging Face's "longest_first" truncation keeps. Both depend on the masked copy alone.
+
+Device functions are pure and shape-static: a text is padded to a length bucket ``T`` (its full token length, which
+may exceed ``max_len``); keep sets are boolean masks ``[n, W]`` over word slots, so texts of different lengths in one
+bucket share one compilation.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import functools
 import re
-from fractions import Fraction
 from typing import Literal
 
 import jax
@@ -29,165 +39,227 @@ ALWAYS = -1  # word_index of tokens that are never masked (special tokens, the u
 PAD = -2  # word_index of padding slots
 
 MaskSide = Literal["first", "second", "both"]
-BUCKETS = (16, 32, 64, 128, 256, 512)
+MIN_BUCKET = 16
+DEFAULT_MIN_KEEP = 2  # the original code's floor on kept words
 
 
-def keep_count(h: int, rate: float, min_keep: int = 1) -> int:
-    """k_x, the number of words kept out of h at masking rate ``rate``: ``h - round(rate * h)``.
+def keep_count(h: int, rate: float, min_keep: int = DEFAULT_MIN_KEEP) -> int:
+    """k_x, the number of words kept out of h at masking rate ``rate``, as the original RanMASK code computes it:
+    ``max(h - round(h * rate), min(min_keep, h))`` with Python's ``round`` of the float product (half to even).
 
-    The rounding is half-up on the exact rational value of ``rate * h`` (0.3 * 5 = 1.5 masks 2 words); the result
-    is then floored at ``min(min_keep, h)``. The certificate must use this same k_x (smoothing does).
+    The sampler, training and the certificate all call this one function, so they cannot disagree.
     """
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"masking rate must be in [0, 1], got {rate}")
     if h < 0:
         raise ValueError(f"h must be >= 0, got {h}")
-    masked = math.floor(Fraction(rate).limit_denominator(10**9) * h + Fraction(1, 2))
-    return max(h - masked, min(min_keep, h))
+    if min_keep < 0:
+        raise ValueError(f"min_keep must be >= 0, got {min_keep}")
+    return max(h - round(h * rate), min(min_keep, h))
 
 
-def bucket_length(n: int, max_len: int) -> int:
-    """The smallest bucket >= n (buckets: 16, 32, 64, ... capped at max_len)."""
-    for b in BUCKETS:
-        if n <= b and b <= max_len:
-            return b
-    if n > max_len:
-        raise ValueError(f"length {n} exceeds max_len {max_len}")
-    return max_len
+def bucket(n: int) -> int:
+    """The length bucket of n: the smallest power of two >= max(n, 16)."""
+    return max(MIN_BUCKET, 1 << max(int(n) - 1, 0).bit_length())
+
+
+def output_length(n_tokens: int, max_len: int) -> int:
+    """Width of the masked copies of a text of ``n_tokens`` tokens: its bucket, but never more than ``max_len``
+    (a masked copy is never longer than the text, and it is cut to ``max_len``)."""
+    return min(bucket(min(n_tokens, max_len)), max_len)
 
 
 @dataclasses.dataclass(frozen=True)
 class EncodedText:
-    """A tokenized text with its maskable word units. Arrays are unpadded numpy, one entry per token."""
+    """A tokenized text with its maskable word units. Arrays are unpadded numpy, one entry per slot: a token, or a
+    phantom slot standing for a maskable word that has no token."""
 
-    token_ids: np.ndarray  # [L] int32, special tokens included
+    token_ids: np.ndarray  # [L] int32, special tokens included (phantom slots: pad id)
     token_type_ids: np.ndarray  # [L] int32
-    word_index: np.ndarray  # [L] int32: maskable word of each token, or ALWAYS
-    first_of_word: np.ndarray  # [L] bool: first subword token of a maskable word
+    word_index: np.ndarray  # [L] int32: maskable word of each slot, or ALWAYS
+    first_of_word: np.ndarray  # [L] bool: first slot of a maskable word (a masked word's mask token goes there)
+    has_token: np.ndarray  # [L] bool: false for phantom slots
+    segment: np.ndarray  # [L] int32: 0 special token, 1 first text, 2 second text of a pair
     words: tuple[str, ...]  # the h_x maskable words, in order
-    truncated_words: int  # maskable words dropped to fit max_len
+    num_specials: int  # special tokens (always kept by truncation)
 
     @property
     def h(self) -> int:
         return len(self.words)
 
+    @property
+    def num_tokens(self) -> int:
+        """Tokens of the unmasked text, before any truncation."""
+        return int(self.has_token.sum())
+
     def padded(self, length: int, pad_id: int) -> dict[str, np.ndarray]:
         """Arrays padded to ``length`` (a bucket), ready for ``build_masked``."""
         n = len(self.token_ids)
         if n > length:
-            raise ValueError(f"text of {n} tokens does not fit length {length}")
+            raise ValueError(f"text of {n} slots does not fit length {length}")
 
         def pad(a, value):
             return np.concatenate([a, np.full(length - n, value, a.dtype)])
 
         return {"token_ids": pad(self.token_ids, pad_id), "token_type_ids": pad(self.token_type_ids, 0),
-                "word_index": pad(self.word_index, PAD), "first_of_word": pad(self.first_of_word, False)}
+                "word_index": pad(self.word_index, PAD), "first_of_word": pad(self.first_of_word, False),
+                "has_token": pad(self.has_token, False), "segment": pad(self.segment, -1)}
 
 
 _WORD = re.compile(r"\S+")
 
 
-def encode(tokenizer, text: str, text_pair: str | None = None, *, mask_side: MaskSide = "second",
-           max_len: int = 128) -> EncodedText:
-    """Tokenize ``text`` (and ``text_pair``) and tie each token to its whitespace word.
+@functools.lru_cache(maxsize=8)
+def _special_layout(tokenizer, pair: bool) -> tuple[int, int, int, tuple[int, ...]]:
+    """How many special tokens the tokenizer puts before the first text, between the texts and after the last, and
+    the token type of each text's content."""
+    enc = tokenizer("a", "b" if pair else None)
+    seq = enc.sequence_ids()
+    types = enc.get("token_type_ids") or [0] * len(seq)
+    first = [i for i, s in enumerate(seq) if s == 0]
+    if not pair:
+        return first[0], 0, len(seq) - first[-1] - 1, (types[first[0]],)
+    second = [i for i, s in enumerate(seq) if s == 1]
+    return first[0], second[0] - first[-1] - 1, len(seq) - second[-1] - 1, (types[first[0]], types[second[0]])
+
+
+def _tie_tokens_to_words(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    """Word number of each token of one text, in one pass (offsets and spans are both sorted). A token that starts
+    in whitespace belongs to the next word (or the last word at the end)."""
+    out, j = [], 0
+    for a, _ in offsets:
+        while j < len(spans) - 1 and spans[j][1] <= a:
+            j += 1
+        out.append(j)
+    return out
+
+
+def encode(tokenizer, text: str, text_pair: str | None = None, *, mask_side: MaskSide = "second") -> EncodedText:
+    """Tokenize ``text`` (and ``text_pair``) whole and tie each token to its whitespace word.
 
     For a pair, ``mask_side`` says which side's words are maskable ("second", the hypothesis, as in the paper;
-    "first"; or "both"); tokens of the other side are always kept. Words that do not fit in ``max_len`` tokens are
-    dropped from the end (of the longer side, for pairs) and do not count in h_x.
+    "first"; or "both"); tokens of the other side are always kept. Nothing is truncated here: ``build_masked`` cuts
+    each masked copy to ``max_len``.
     """
     texts = [text] if text_pair is None else [text, text_pair]
     for i, t in enumerate(texts):
         if not isinstance(t, str) or not t.strip():
             side = "" if text_pair is None else f" (side {i + 1} of the pair)"
             raise ValueError(f"empty text{side}")
-    enc = tokenizer(text, text_pair, return_offsets_mapping=True, add_special_tokens=True)
+    if mask_side not in ("first", "second", "both"):
+        raise ValueError(f"mask_side must be first, second or both, got {mask_side!r}")
+    enc = tokenizer(text, text_pair, return_offsets_mapping=True, add_special_tokens=True, truncation=False,
+                    verbose=False)
     ids = np.asarray(enc["input_ids"], np.int32)
-    types = np.asarray(enc.get("token_type_ids", [0] * len(ids)), np.int32)
-    seq = enc.sequence_ids()
+    types = np.asarray(enc.get("token_type_ids") or [0] * len(ids), np.int32)
+    seq = np.array([-1 if s is None else s for s in enc.sequence_ids()])
     offsets = enc["offset_mapping"]
-    spans = [[m.span() for m in _WORD.finditer(t)] for t in texts]
-    # word number (within its side) of every token; -1 for special tokens
-    side = np.array([-1 if s is None else s for s in seq])
-    word = np.full(len(ids), -1)
-    for i, (s, (a, b)) in enumerate(zip(seq, offsets, strict=True)):
-        if s is None or b <= a:
-            continue
-        starts = [st for st, _ in spans[s]]
-        j = int(np.searchsorted(starts, a, side="right")) - 1
-        if j < 0 or a >= spans[s][j][1]:  # offsets inside whitespace: attach to the next word
-            j = min(j + 1, len(spans[s]) - 1)
-        word[i] = j
-    for s in range(len(texts)):  # a word that produced no token (should not happen) would break the unit count
-        covered = set(word[(side == s)].tolist()) - {-1}
-        if len(covered) != len(spans[s]):
-            missing = [texts[s][a:b] for j, (a, b) in enumerate(spans[s]) if j not in covered]
-            raise ValueError(f"the tokenizer produced no token for words {missing[:5]!r}")
-    # truncate whole words from the end until the sequence fits
-    keep_tok = np.ones(len(ids), bool)
-    n_words = [len(sp) for sp in spans]
-    dropped = [0] * len(texts)
-    while keep_tok.sum() > max_len:
-        s = 0 if len(texts) == 1 else int(np.argmax([(keep_tok & (side == t)).sum() for t in range(len(texts))]))
-        if n_words[s] - dropped[s] <= 1:
-            raise ValueError(f"text does not fit max_len={max_len} tokens even with one word per side")
-        dropped[s] += 1
-        keep_tok &= ~((side == s) & (word == n_words[s] - dropped[s]))
-    ids, types, side, word = ids[keep_tok], types[keep_tok], side[keep_tok], word[keep_tok]
-    maskable_sides = {"first": [0], "second": [len(texts) - 1], "both": list(range(len(texts)))}[mask_side]
+    pre, mid, post, side_types = _special_layout(tokenizer, text_pair is not None)
+    maskable = {"first": {0}, "second": {len(texts) - 1}, "both": set(range(len(texts)))}[mask_side]
     if text_pair is None:
-        maskable_sides = [0]
-    # global index of maskable words: concatenate the maskable sides in order
-    word_index = np.full(len(ids), ALWAYS, np.int32)
+        maskable = {0}
+
+    cols: dict[str, list] = {k: [] for k in ("ids", "types", "word", "first", "has", "seg")}
+
+    def put(tok_id, typ, word, first, has, seg):
+        for k, v in zip(cols, (tok_id, typ, word, first, has, seg), strict=True):
+            cols[k].append(v)
+
+    specials = np.flatnonzero(seq < 0)
+    if len(specials) != pre + mid + post:
+        raise ValueError(f"unexpected special-token layout from the tokenizer: {enc['input_ids']}")
     words: list[str] = []
-    for s in maskable_sides:
-        kept = n_words[s] - dropped[s]
-        sel = (side == s) & (word >= 0)
-        word_index[sel] = word[sel] + len(words)
-        words += [texts[s][a:b] for a, b in spans[s][:kept]]
-    first = np.zeros(len(ids), bool)
-    prev = None
-    for i, w in enumerate(word_index):
-        first[i] = w >= 0 and w != prev
-        prev = w
-    return EncodedText(ids, types, word_index, first, tuple(words),
-                       sum(dropped[s] for s in maskable_sides))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for s, t in enumerate(texts):
+        head = specials[:pre] if s == 0 else specials[pre:pre + mid]
+        for i in head:
+            put(ids[i], types[i], ALWAYS, False, True, 0)
+        tok = np.flatnonzero(seq == s)
+        spans = [m.span() for m in _WORD.finditer(t)]
+        word_of = _tie_tokens_to_words([offsets[i] for i in tok], spans)
+        by_word: list[list[int]] = [[] for _ in spans]
+        for i, w in zip(tok, word_of, strict=True):
+            by_word[w].append(int(i))
+        for w, toks in enumerate(by_word):
+            if s in maskable:
+                g = len(words)
+                if not toks:  # a word with no token: one phantom slot, so that masking it emits a mask token
+                    put(pad_id, side_types[s], g, True, False, s + 1)
+                for n_, i in enumerate(toks):
+                    put(ids[i], types[i], g, n_ == 0, True, s + 1)
+                words.append(t[spans[w][0]:spans[w][1]])
+            else:
+                for i in toks:
+                    put(ids[i], types[i], ALWAYS, False, True, s + 1)
+    for i in specials[pre + mid:]:
+        put(ids[i], types[i], ALWAYS, False, True, 0)
+    return EncodedText(np.asarray(cols["ids"], np.int32), np.asarray(cols["types"], np.int32),
+                       np.asarray(cols["word"], np.int32), np.asarray(cols["first"], bool),
+                       np.asarray(cols["has"], bool), np.asarray(cols["seg"], np.int32), tuple(words),
+                       num_specials=len(specials))
+
+
+def check_max_len(enc: EncodedText, max_len: int) -> None:
+    """``max_len`` must leave room for the special tokens and at least one content token per text."""
+    sides = int(enc.segment.max()) if len(enc.segment) else 1
+    if max_len - enc.num_specials < sides:
+        raise ValueError(f"max_len={max_len} leaves no room for text beside the {enc.num_specials} special tokens")
 
 
 # ---- device side ------------------------------------------------------------------------------------------------
-def sample_keep(key: jax.Array, h: jax.Array, k: jax.Array, n: int, width: int) -> jax.Array:
-    """``n`` keep sets, each a uniform k-subset of the words 0..h-1, as bool ``[n, width]``.
-
-    Uniform without replacement by ranking i.i.d. uniform noise: a word is kept when its noise is among the k
-    largest of the h valid words. The k-th largest value is read from ``lax.top_k`` over the full width, so ``h``
-    and ``k`` are traced values: one compilation serves every text in a bucket.
-    """
-    noise = jax.random.uniform(key, (n, width))
+def keep_from_noise(noise: jax.Array, h: jax.Array, k: jax.Array) -> jax.Array:
+    """Keep sets from noise ``[n, W]``: in each row, the k word slots among 0..h-1 with the largest noise, ranked
+    by ``lax.top_k`` (equal values are ranked by position), so every row keeps exactly ``min(k, h)`` words."""
+    n, width = noise.shape
     valid = jnp.arange(width) < h
-    noise = jnp.where(valid, noise, -1.0)  # [n, W]
-    top, _ = jax.lax.top_k(noise, width)  # [n, W] descending
-    thresh = jnp.take_along_axis(top, jnp.broadcast_to(jnp.maximum(k - 1, 0), (n, 1)), axis=1)  # [n, 1]
-    return valid & (noise >= thresh) & (k > 0)
+    noise = jnp.where(valid, noise, -jnp.inf)  # padding slots rank last
+    _, order = jax.lax.top_k(noise, width)  # [n, W]: word slots by descending noise
+    rows = jnp.arange(n)[:, None]
+    rank = jnp.zeros((n, width), jnp.int32).at[rows, order].set(jnp.arange(width, dtype=jnp.int32))
+    return valid & (rank < k)
+
+
+def sample_keep(key: jax.Array, h: jax.Array, k: jax.Array, n: int, width: int) -> jax.Array:
+    """``n`` keep sets, each a uniform k-subset of the words 0..h-1, as bool ``[n, width]``; every row keeps exactly
+    ``min(k, h)`` words.
+
+    Uniform without replacement by ranking i.i.d. uniform noise (``keep_from_noise``); a float32 tie, which has
+    probability ~2^-24 per pair, is broken by position and can never keep an extra word. ``h`` and ``k`` are traced
+    values: one compilation serves every text in a bucket.
+    """
+    return keep_from_noise(jax.random.uniform(key, (n, width)), h, k)
 
 
 def build_masked(token_ids: jax.Array, token_type_ids: jax.Array, word_index: jax.Array, first_of_word: jax.Array,
-                 keep: jax.Array, mask_id: int, pad_id: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Masked copies of one text: ``(input_ids, token_type_ids, attention_mask)``, each ``[n, T]``.
+                 has_token: jax.Array, segment: jax.Array, keep: jax.Array, mask_id: int, pad_id: int, max_len: int,
+                 out_len: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Masked copies of one text: ``(input_ids, token_type_ids, attention_mask)``, each ``[n, out_len]``.
 
-    ``token_ids`` etc. are one text padded to T (``EncodedText.padded``); ``keep`` is ``[n, W]`` over word slots
-    (W <= T). Kept words keep their tokens; a masked word becomes one mask token; the result is compacted left.
+    The text's arrays are padded to T (``EncodedText.padded``); ``keep`` is ``[n, W]`` over word slots (W <= T).
+    Kept words keep their tokens; a masked word becomes one mask token; the copy is compacted left and then cut to
+    ``max_len`` tokens (module docstring), which must be <= ``out_len`` or the copies are cut at ``out_len``.
     """
     n = keep.shape[0]
-    t = token_ids.shape[0]
     wi = jnp.clip(word_index, 0, keep.shape[1] - 1)
     word_kept = jnp.take(keep, wi, axis=1)  # [n, T]
     is_word = word_index >= 0
     tok_kept = jnp.where(is_word, word_kept, word_index == ALWAYS)  # [n, T]
-    emit = tok_kept | (is_word & first_of_word)  # masked word: its first token slot carries the mask
+    emit = (tok_kept & has_token) | (is_word & first_of_word & ~word_kept)  # [n, T]
     ids = jnp.where(tok_kept, token_ids, mask_id)
-    dest = jnp.where(emit, jnp.cumsum(emit, axis=1) - 1, t)  # out-of-range slots are dropped
+    # truncation of the masked copy: specials stay, the content of each side is cut to its budget
+    budget = max_len - jnp.sum(segment == 0)
+    seg1, seg2 = emit & (segment == 1), emit & (segment == 2)
+    a, b = seg1.sum(axis=1, keepdims=True), seg2.sum(axis=1, keepdims=True)  # [n, 1]
+    over, a_shorter = a + b > budget, a <= b
+    short = jnp.minimum(jnp.where(a_shorter, a, b), budget // 2)  # the shorter side keeps up to half the budget
+    a_keep = jnp.where(over, jnp.where(a_shorter, short, budget - short), a)
+    b_keep = jnp.where(over, jnp.where(a_shorter, budget - short, short), b)
+    emit = emit & ((segment == 0) | (seg1 & (jnp.cumsum(seg1, axis=1) <= a_keep))
+                   | (seg2 & (jnp.cumsum(seg2, axis=1) <= b_keep)))
+    dest = jnp.where(emit, jnp.cumsum(emit, axis=1) - 1, out_len)  # out-of-range slots are dropped
     rows = jnp.arange(n)[:, None]
-    out_ids = jnp.full((n, t), pad_id, token_ids.dtype).at[rows, dest].set(ids, mode="drop")
-    out_types = jnp.zeros((n, t), token_type_ids.dtype).at[rows, dest].set(
-        jnp.broadcast_to(token_type_ids, (n, t)), mode="drop")
-    attn = (jnp.arange(t) < emit.sum(axis=1, keepdims=True)).astype(jnp.int32)
+    out_ids = jnp.full((n, out_len), pad_id, token_ids.dtype).at[rows, dest].set(ids, mode="drop")
+    out_types = jnp.zeros((n, out_len), token_type_ids.dtype).at[rows, dest].set(
+        jnp.broadcast_to(token_type_ids, ids.shape), mode="drop")
+    attn = (jnp.arange(out_len) < emit.sum(axis=1, keepdims=True)).astype(jnp.int32)
     return out_ids, out_types, attn

@@ -18,14 +18,17 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 
-def robustness(row: Mapping, convention: str = "largest") -> float:
-    """Certified robustness of one row (``radius``, ``correct``): -inf when misclassified."""
+BETAS = ("one", "pc", "mc")  # rows carry radius_one, radius_pc (always) and radius_mc (with --beta mc)
+
+
+def robustness(row: Mapping, convention: str = "largest", key: str = "radius") -> float:
+    """Certified robustness of one row (``correct`` and the radius under ``key``): -inf when misclassified."""
     if not row["correct"]:
         return -math.inf
     if convention == "largest":
-        return float(row["radius"])
+        return float(row[key])
     if convention == "original":
-        return float(row["radius"] + 1)
+        return float(row[key] + 1)
     raise ValueError(f"convention must be 'largest' or 'original', got {convention!r}")
 
 
@@ -37,27 +40,35 @@ def median_certified(values: Iterable[float]) -> float:
     return v[math.ceil(len(v) / 2) - 1]
 
 
-def summarize(rows: list[Mapping]) -> dict:
-    """Summary of certification rows (each with ``correct``, ``radius``, ``h``).
-
-    Returns accuracy, certified accuracy per d (largest-certified convention), and MCB / MCR under both
-    conventions; a median of -inf (most texts misclassified) is reported as None ("N/A").
-    """
-    if not rows:
-        raise ValueError("no rows to summarize")
-    n = len(rows)
+def _radius_summary(rows: list[Mapping], key: str) -> dict:
     correct = np.array([bool(r["correct"]) for r in rows])
-    radius = np.array([int(r["radius"]) for r in rows])
+    radius = np.array([int(r[key]) if r["correct"] else -1 for r in rows])
     max_r = int(radius[correct].max()) if correct.any() else -1
-    cert_acc = {d: float((correct & (radius >= d)).mean()) for d in range(0, max(max_r, 0) + 1)}
-    out: dict = {"n": n, "accuracy": float(correct.mean()), "certified_accuracy": cert_acc,
-                 "mean_h": float(np.mean([r["h"] for r in rows]))}
+    out: dict = {"certified_accuracy": {d: float((correct & (radius >= d)).mean()) for d in range(0, max(max_r, 0) + 1)}}
     for conv in ("largest", "original"):
-        rob = [robustness(r, conv) for r in rows]
+        rob = [robustness(r, conv, key) for r in rows]
         rate = [x / r["h"] if x > -math.inf else -math.inf for x, r in zip(rob, rows, strict=True)]
         mcb, mcr = median_certified(rob), median_certified(rate)
         out[f"mcb_{conv}"] = None if mcb == -math.inf else int(mcb)
         out[f"mcr_{conv}"] = None if mcr == -math.inf else mcr
+    return out
+
+
+def summarize(rows: list[Mapping]) -> dict:
+    """Summary of certification rows (each with ``correct``, ``radius``, ``h``, and ``radius_one`` /
+    ``radius_pc`` / ``radius_mc`` where present).
+
+    Returns accuracy, certified accuracy per d (largest-certified convention) and MCB / MCR under both conventions
+    for the row's ``radius`` (the ``--beta`` of the run), and the same under each beta in ``by_beta``; a median of
+    -inf (most texts misclassified) is reported as None ("N/A").
+    """
+    if not rows:
+        raise ValueError("no rows to summarize")
+    out: dict = {"n": len(rows), "accuracy": float(np.mean([bool(r["correct"]) for r in rows])),
+                 "mean_h": float(np.mean([r["h"] for r in rows])), **_radius_summary(rows, "radius")}
+    out["by_beta"] = {b: _radius_summary(rows, f"radius_{b}") for b in BETAS
+                      if all(r.get(f"radius_{b}") is not None or not r["correct"] for r in rows)
+                      and any(f"radius_{b}" in r for r in rows)}
     if "mode" in rows[0]:
         out["exact_mode_share"] = float(np.mean([r["mode"] == "exact" for r in rows]))
     return out
@@ -69,20 +80,27 @@ def _fmt(x, pct: bool = False) -> str:
     return f"{100 * x:.2f}" if pct else (f"{x:g}" if isinstance(x, float) else str(x))
 
 
+BETA_NAMES = {"one": "beta = 1 (rigorous)", "pc": "beta = p_c (paper, estimate)", "mc": "beta Monte Carlo (estimate)"}
+
+
 def markdown_table(summary: dict, title: str = "") -> str:
-    """A Markdown table of one summary: accuracy, MCB / MCR (both conventions), certified accuracy per d."""
+    """A Markdown table of one summary: accuracy, MCB / MCR (both conventions) and certified accuracy per d, one
+    line per beta (rigorous first)."""
+    by_beta = summary.get("by_beta") or {"": summary}
     lines = [f"**{title}**", ""] if title else []
-    lines += ["| n | accuracy of g % | MCB | MCR % | MCB (original +1) | MCR % (original +1) |",
-              "|---|---|---|---|---|---|",
-              f"| {summary['n']} | {100 * summary['accuracy']:.1f} | {_fmt(summary['mcb_largest'])} | "
-              f"{_fmt(summary['mcr_largest'], True)} | {_fmt(summary['mcb_original'])} | "
-              f"{_fmt(summary['mcr_original'], True)} |", ""]
-    ds = sorted(summary["certified_accuracy"], key=int)
+    lines += [f"{summary['n']} texts, accuracy of g {100 * summary['accuracy']:.1f}%", "",
+              "| certificate | MCB | MCR % | MCB (original +1) | MCR % (original +1) |", "|---|---|---|---|---|"]
+    for b, s in by_beta.items():
+        lines.append(f"| {BETA_NAMES.get(b, 'radius')} | {_fmt(s['mcb_largest'])} | {_fmt(s['mcr_largest'], True)} | "
+                     f"{_fmt(s['mcb_original'])} | {_fmt(s['mcr_original'], True)} |")
+    ds = sorted({int(d) for s in by_beta.values() for d in s["certified_accuracy"]})
     if ds:
-        lines += ["| d | " + " | ".join(str(d) for d in ds) + " |",
-                  "|---|" + "---|" * len(ds),
-                  "| certified accuracy % | " + " | ".join(f"{100 * summary['certified_accuracy'][d]:.1f}"
-                                                         for d in ds) + " |"]
+        lines += ["", "| certified accuracy % at d | " + " | ".join(str(d) for d in ds) + " |",
+                  "|---|" + "---|" * len(ds)]
+        for b, s in by_beta.items():
+            ca = {int(d): v for d, v in s["certified_accuracy"].items()}
+            lines.append(f"| {BETA_NAMES.get(b, 'radius')} | " + " | ".join(f"{100 * ca.get(d, 0.0):.1f}" for d in ds)
+                         + " |")
     return "\n".join(lines) + "\n"
 
 

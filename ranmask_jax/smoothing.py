@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 from scipy import stats
 
-from ranmask_jax.masking import keep_count
+from ranmask_jax.masking import DEFAULT_MIN_KEEP, keep_count
 
 Beta = Literal["pc", "one", "mc"]
 NOT_CERTIFIED = -1
@@ -61,18 +61,17 @@ def delta(h: int, k: int, d: int) -> float:
 
 
 def radius_from_bound(p_lower: float, beta: float | np.ndarray, h: int, k: int) -> int:
-    """Largest d in [0, h] with ``p_lower - beta_d * Delta(d) > 1/2``; -1 if none.
+    """Largest d in [0, h] such that ``p_lower - beta_e * Delta(e) > 1/2`` for every e <= d; -1 if d = 0 fails.
 
-    ``beta`` is one number, or an array indexed by d (Monte Carlo beta). Delta grows with d, so with a constant
-    beta the first failure ends the search.
+    ``beta`` is one number, or an array indexed by d (Monte Carlo beta). The search stops at the first failure:
+    a radius certifies every smaller number of changes too, so no d beyond a failed one is ever reported.
     """
     betas = np.broadcast_to(np.asarray(beta, float), (h + 1,))
     radius = NOT_CERTIFIED
     for d in range(h + 1):
-        if p_lower - betas[d] * delta(h, k, d) > 0.5:
-            radius = d
-        elif np.ndim(beta) == 0:
+        if not p_lower - betas[d] * delta(h, k, d) > 0.5:
             break
+        radius = d
     return radius
 
 
@@ -123,9 +122,11 @@ def _check_counts(n_c: int, n: int) -> None:
 # ---- Monte Carlo beta (Algorithm 1) ---------------------------------------------------------------------------
 def monte_carlo_beta(keep: np.ndarray, weights: np.ndarray, is_c: np.ndarray, h: int, d: int, n_r: int,
                      rng: np.random.Generator) -> float:
-    """Algorithm 1: average over n_r random perturbation sets a (|a| = d) of P(f = c | keep set meets a), with
-    the probabilities estimated from the classified copies (``keep`` [m, W] bool, multiplicities ``weights``,
-    ``is_c`` whether f gave class c). Returns 0 when no copy meets any a (then Delta(d) = 0 as well)."""
+    """Algorithm 1: the mean over ``n_r`` random perturbation sets a (|a| = d) of P(f = c | the keep set meets a),
+    each estimated from the classified copies (``keep`` [m, W] bool, multiplicities ``weights``, ``is_c`` whether f
+    gave class c). Where no copy meets a, the conditional probability is unknown and counts as 1, its most
+    conservative value (it only shrinks the radius). An estimate of beta, not a bound: the attacker picks the worst
+    a, not a random one."""
     if d == 0:
         return 0.0
     total = 0.0
@@ -133,7 +134,7 @@ def monte_carlo_beta(keep: np.ndarray, weights: np.ndarray, is_c: np.ndarray, h:
         a = rng.choice(h, size=d, replace=False)
         meets = keep[:, a].any(axis=1)
         w = weights[meets]
-        total += float((w * is_c[meets]).sum() / w.sum()) if w.sum() > 0 else 0.0
+        total += float((w * is_c[meets]).sum() / w.sum()) if w.sum() > 0 else 1.0
     return total / n_r
 
 
@@ -141,8 +142,10 @@ def monte_carlo_beta(keep: np.ndarray, weights: np.ndarray, is_c: np.ndarray, h:
 class Certificate:
     """The outcome of certifying one text.
 
-    ``radius``: largest certified d (-1: not certified or misclassified). ``prediction``: g(x) from the selection
-    samples (or exactly, in exact mode). ``correct``: prediction == label. ``mode``: "sampled" or "exact".
+    ``radius``: largest certified d under ``beta_mode`` (-1: not certified or misclassified). ``radius_one``: the
+    same votes under beta = 1 (rigorous); ``radius_pc``: under beta = n_c / n (the paper's estimate); ``radius_mc``:
+    under Monte Carlo beta (only with ``beta_mode="mc"``). ``prediction``: g(x) from the selection samples (or
+    exactly, in exact mode). ``correct``: prediction == label. ``mode``: "sampled" or "exact".
     """
 
     label: int
@@ -151,54 +154,68 @@ class Certificate:
     counts: tuple[int, ...]  # votes of the estimation copies per class (exact mode: of all keep sets)
     n: int  # number of estimation copies (exact mode: C(h, k))
     p_lower: float  # Clopper-Pearson lower bound (exact mode: the exact p_c)
-    beta: float  # beta used at the radius (mc: at d = radius + 1 or the last d tried)
+    beta: float  # beta of beta_mode (mc: at d = radius + 1 or the last d tried)
     h: int
     k: int
     radius: int
     mode: str
     beta_mode: str
+    radius_one: int = NOT_CERTIFIED
+    radius_pc: int = NOT_CERTIFIED
+    radius_mc: int | None = None
+    counts0: tuple[int, ...] | None = None  # votes of the selection copies (sampled mode)
+    skipped_estimation: bool = False  # the selection copies already picked a wrong class: no estimation copies ran
 
     @property
     def certified_rate(self) -> float:
         return self.radius / self.h if self.radius >= 0 else float("-inf")
 
 
-def certificate_from_counts(label: int | None, counts0: np.ndarray, counts: np.ndarray, h: int, k: int, alpha: float,
-                            beta_mode: str, *, exact: bool = False, mc_beta=None) -> Certificate:
+def _mc_radius(p_lower: float, h: int, k: int, mc_beta) -> tuple[int, float]:
+    """Monte Carlo beta radius: beta is estimated afresh for each d, and the search stops at the first failure."""
+    radius, beta_used = 0, 0.0
+    for d in range(1, h + 1):
+        beta_used = mc_beta(d)
+        if not p_lower - beta_used * delta(h, k, d) > 0.5:
+            break
+        radius = d
+    return radius, beta_used
+
+
+def certificate_from_counts(label: int | None, counts0: np.ndarray, counts: np.ndarray | None, h: int, k: int,
+                            alpha: float, beta_mode: str, *, exact: bool = False, mc_beta=None) -> Certificate:
     """CERTIFY (Algorithm 2) given vote counts: predict from ``counts0`` (selection), bound from ``counts``
     (estimation). In exact mode both are the exact counts over all keep sets and p_c is used as is.
     ``mc_beta(d) -> float`` supplies Monte Carlo beta for ``beta_mode="mc"``. ``label=None`` certifies g's own
-    answer (no ground truth)."""
-    counts0, counts = np.asarray(counts0, np.int64), np.asarray(counts, np.int64)
+    answer (no ground truth). ``counts=None``: the estimation copies were skipped because g's answer from the
+    selection copies is not ``label`` (the radius is -1 either way)."""
+    if beta_mode not in ("pc", "one", "mc"):
+        raise ValueError(f"beta must be 'pc', 'one' or 'mc', got {beta_mode!r}")
+    counts0 = np.asarray(counts0, np.int64)
     pred = int(np.argmax(counts0))
     if label is None:
         label = pred
+    skipped = counts is None
+    counts = np.zeros_like(counts0) if skipped else np.asarray(counts, np.int64)
     n = int(counts.sum())
     n_c = int(counts[pred])
-    p_lower = n_c / n if exact else clopper_pearson_lower(n_c, n, alpha)
-    radius, beta_used = NOT_CERTIFIED, 0.0
+    p_lower = 0.0 if n == 0 else (n_c / n if exact else clopper_pearson_lower(n_c, n, alpha))
+    radii = {"one": NOT_CERTIFIED, "pc": NOT_CERTIFIED, "mc": None}
+    beta_used = {"one": 1.0, "pc": n_c / n if n else 0.0, "mc": 0.0}
     if pred == label and p_lower > 0.5:
-        if beta_mode == "one":
-            beta_used = 1.0
-            radius = radius_from_bound(p_lower, 1.0, h, k)
-        elif beta_mode == "pc":
-            beta_used = n_c / n
-            radius = radius_from_bound(p_lower, beta_used, h, k)
-        elif beta_mode == "mc":
+        radii["one"] = radius_from_bound(p_lower, 1.0, h, k)
+        radii["pc"] = radius_from_bound(p_lower, beta_used["pc"], h, k)
+        if beta_mode == "mc":
             if mc_beta is None:
                 raise ValueError("beta='mc' needs the classified copies (mc_beta)")
-            radius = 0
-            for d in range(1, h + 1):
-                beta_used = mc_beta(d)
-                if p_lower - beta_used * delta(h, k, d) > 0.5:
-                    radius = d
-                else:
-                    break
-        else:
-            raise ValueError(f"beta must be 'pc', 'one' or 'mc', got {beta_mode!r}")
+            radii["mc"], beta_used["mc"] = _mc_radius(p_lower, h, k, mc_beta)
+    elif beta_mode == "mc":
+        radii["mc"] = NOT_CERTIFIED
     return Certificate(label=label, prediction=pred, correct=pred == label, counts=tuple(int(c) for c in counts),
-                       n=n, p_lower=float(p_lower), beta=float(beta_used), h=h, k=k, radius=radius,
-                       mode="exact" if exact else "sampled", beta_mode=beta_mode)
+                       n=n, p_lower=float(p_lower), beta=float(beta_used[beta_mode]), h=h, k=k,
+                       radius=radii[beta_mode], mode="exact" if exact else "sampled", beta_mode=beta_mode,
+                       radius_one=radii["one"], radius_pc=radii["pc"], radius_mc=radii["mc"],
+                       counts0=None if exact else tuple(int(c) for c in counts0), skipped_estimation=skipped)
 
 
 __all__ = ["ABSTAIN", "NOT_CERTIFIED", "Certificate", "binomial_abstain", "certificate_from_counts",
@@ -229,12 +246,14 @@ class SmoothedClassifier:
     """RanMASK's g(x) on a base classifier: masked copies built and classified on the device(s), votes counted.
 
     ``model``: a ``SequenceClassifier`` (put in eval mode here). ``rho``: masking rate; each copy keeps
-    ``k_x = keep_count(h_x, rho, min_keep)`` words. ``batch_size``: copies per device step (a multiple of the device
-    count); the last batch is padded and the padding ignored. Copies are compiled per length bucket only.
+    ``k_x = keep_count(h_x, rho, min_keep)`` of ALL h_x words of the text. ``max_len``: each masked copy is cut to
+    this many tokens after masking (``ranmask_jax.masking``); it may not exceed the model's position table.
+    ``batch_size``: copies per device step (a multiple of the device count); the last batch is padded and the
+    padding ignored. One compilation per (text bucket, copy width, batch rows).
     """
 
     def __init__(self, model, tokenizer, rho: float, *, batch_size: int = 256, max_len: int = 128,
-                 mask_side: str = "second", min_keep: int = 1, mesh=None):
+                 mask_side: str = "second", min_keep: int = DEFAULT_MIN_KEEP, mesh=None):
         import jax
         from flax import nnx
 
@@ -242,7 +261,14 @@ class SmoothedClassifier:
 
         if tokenizer.mask_token_id is None or tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer needs a mask token and a pad token")
-        keep_count(1, rho)  # validates rho
+        keep_count(1, rho, min_keep)  # validates rho and min_keep
+        if mask_side not in ("first", "second", "both"):
+            raise ValueError(f"mask_side must be first, second or both, got {mask_side!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        positions = getattr(getattr(model, "cfg", None), "max_positions", None)
+        if positions is not None and max_len > positions:
+            raise ValueError(f"max_len {max_len} exceeds the model's {positions} positions")
         self.mesh = mesh if mesh is not None else distributed.make_mesh()
         n_dev = self.mesh.devices.size
         if batch_size % n_dev:
@@ -254,16 +280,16 @@ class SmoothedClassifier:
         self.num_labels = model.cfg.num_labels
         graphdef, state = nnx.split(model)
         self._state = distributed.replicate(state, self.mesh)
-        self.traces = 0  # how many times the forward was traced (compiled): once per length bucket
+        self.traces = 0  # how many times the forward was traced (compiled)
         from ranmask_jax.masking import build_masked, sample_keep
 
-        def forward(state, text, keep):
+        def forward(state, text, keep, out_len):
             self.traces += 1
-            ids, types, attn = build_masked(text["token_ids"], text["token_type_ids"], text["word_index"],
-                                            text["first_of_word"], keep, self.mask_id, self.pad_id)
+            ids, types, attn = build_masked(**text, keep=keep, mask_id=self.mask_id, pad_id=self.pad_id,
+                                            max_len=self.max_len, out_len=out_len)
             return nnx.merge(graphdef, state)(ids, attn, types)  # [B, C]
 
-        self._forward = jax.jit(forward)
+        self._forward = jax.jit(forward, static_argnames=("out_len",))
         self._sample = jax.jit(sample_keep, static_argnames=("n", "width"))
         self._shard = distributed.batch_sharded(self.mesh)
         self._rep = distributed.replicated(self.mesh)
@@ -278,48 +304,53 @@ class SmoothedClassifier:
 
     # -- pieces ---------------------------------------------------------------------------------------------------
     def encode(self, text: str, text_pair: str | None = None):
-        from ranmask_jax.masking import encode
+        """The whole text with its h_x maskable words (nothing is truncated before masking)."""
+        from ranmask_jax.masking import check_max_len, encode
 
-        return encode(self.tokenizer, text, text_pair, mask_side=self.mask_side, max_len=self.max_len)
+        enc = encode(self.tokenizer, text, text_pair, mask_side=self.mask_side)
+        check_max_len(enc, self.max_len)
+        return enc
 
     def keep_count(self, h: int) -> int:
         return keep_count(h, self.rho, self.min_keep)
 
-    def sample(self, key, enc, n: int) -> np.ndarray:
-        """``n`` keep sets of ``enc``'s words (bool ``[n, T]``), sampled on the device."""
-        from ranmask_jax.masking import bucket_length
+    @staticmethod
+    def word_width(enc) -> int:
+        """Width of the keep-set arrays of ``enc``: the bucket of h_x."""
+        from ranmask_jax.masking import bucket
 
-        width = bucket_length(len(enc.token_ids), self.max_len)
-        return np.asarray(self._sample(key, enc.h, self.keep_count(enc.h), n=n, width=width))
+        return bucket(enc.h)
+
+    def sample(self, key, enc, n: int) -> np.ndarray:
+        """``n`` keep sets of ``enc``'s words (bool ``[n, W]``), sampled on the device."""
+        return np.asarray(self._sample(key, enc.h, self.keep_count(enc.h), n=n, width=self.word_width(enc)))
 
     def enumerate_keep_sets(self, enc) -> np.ndarray:
-        """All C(h, k) keep sets of ``enc``'s words, bool ``[C(h, k), T]``."""
+        """All C(h, k) keep sets of ``enc``'s words, bool ``[C(h, k), W]`` (one empty set when k = 0)."""
         import itertools
 
-        from ranmask_jax.masking import bucket_length
-
-        width = bucket_length(len(enc.token_ids), self.max_len)
         k = self.keep_count(enc.h)
-        combos = np.array(list(itertools.combinations(range(enc.h), k)), dtype=np.int64).reshape(-1, k)
-        keep = np.zeros((len(combos), width), bool)
+        combos = np.fromiter(itertools.chain.from_iterable(itertools.combinations(range(enc.h), k)), np.int64)
+        combos = combos.reshape(math.comb(enc.h, k), k)
+        keep = np.zeros((len(combos), self.word_width(enc)), bool)
         np.put_along_axis(keep, combos, True, axis=1)
         return keep
 
     def logits(self, enc, keep: np.ndarray) -> np.ndarray:
-        """Base-classifier logits ``[m, C]`` of the masked copies given by ``keep`` ``[m, T]``."""
+        """Base-classifier logits ``[m, C]`` of the masked copies given by ``keep`` ``[m, W]``."""
         import jax
 
         from ranmask_jax.distributed import pad_rows
-        from ranmask_jax.masking import bucket_length
+        from ranmask_jax.masking import bucket, output_length
 
-        width = bucket_length(len(enc.token_ids), self.max_len)
-        text = jax.device_put(enc.padded(width, self.pad_id), self._rep)
+        text = jax.device_put(enc.padded(bucket(len(enc.token_ids)), self.pad_id), self._rep)
+        out_len = output_length(len(enc.token_ids), self.max_len)
         rows = self.batch_rows(len(keep))
         out = []
         for start in range(0, len(keep), rows):
             chunk = keep[start:start + rows]
             batch = jax.device_put(pad_rows(chunk, rows), self._shard)
-            out.append(np.asarray(self._forward(self._state, text, batch))[:len(chunk)])
+            out.append(np.asarray(self._forward(self._state, text, batch, out_len=out_len))[:len(chunk)])
         return np.concatenate(out) if out else np.zeros((0, self.num_labels), np.float32)
 
     def batch_rows(self, m: int) -> int:
@@ -351,7 +382,8 @@ class SmoothedClassifier:
         """g(x) from ``n`` random masked copies (all C(h, k) keep sets when that is <= ``exact_threshold``, default
         ``n``). ``ensemble``: "vote" (majority of f's labels), "logit" (argmax of the mean raw logits) or "prob"
         (argmax of the mean softmax probabilities); copies are weighted by multiplicity. With ``alpha``, returns
-        ABSTAIN unless a binomial test separates the top two vote counts (Cohen et al.'s PREDICT)."""
+        ABSTAIN unless a binomial test separates the top two vote counts (Cohen et al.'s PREDICT); in exact mode
+        the counts are the population itself, so g abstains only when the top two exactly tie."""
         if ensemble not in ("vote", "logit", "prob"):
             raise ValueError(f"ensemble must be 'vote', 'logit' or 'prob', got {ensemble!r}")
         enc = self.encode(text, text_pair)
@@ -366,7 +398,12 @@ class SmoothedClassifier:
             scores = (vals * weights[:, None]).sum(axis=0) / weights.sum()
         label, p_value = int(np.argmax(scores)), None
         if alpha is not None:
-            label, p_value = binomial_abstain(counts, alpha)
+            if exact:
+                top = np.sort(counts)[::-1]
+                tied = len(top) > 1 and top[0] == top[1]
+                label, p_value = (ABSTAIN if tied else int(np.argmax(counts))), (1.0 if tied else 0.0)
+            else:
+                label, p_value = binomial_abstain(counts, alpha)
             if ensemble != "vote" and label != ABSTAIN:
                 label = int(np.argmax(scores))
         return Prediction(label, tuple(float(s) for s in scores), tuple(int(c) for c in counts), int(counts.sum()),
@@ -376,14 +413,21 @@ class SmoothedClassifier:
                 alpha: float = 0.05, beta: str = "pc", exact_threshold: int | None = None, n_r: int = 200
                 ) -> Certificate:
         """CERTIFY: g(x) from ``n0`` selection copies, a (1 - alpha) lower bound on its vote share from ``n``
-        independent estimation copies, then the largest certified radius (see the module docstring for what each
-        ``beta`` guarantees). When C(h, k) <= ``exact_threshold`` (default ``n``) every keep set is classified once
-        and p_c is exact ("exact" mode). ``key`` should be ``fold_in(root, example_index)``; the selection and
-        estimation streams are derived from it."""
+        independent estimation copies, then the largest certified radius under beta = 1 (rigorous), beta = p_c
+        (the paper's) and, with ``beta="mc"``, Monte Carlo beta; ``radius`` is the one ``beta`` names (see the
+        module docstring for what each guarantees). When C(h, k) <= ``exact_threshold`` (default ``n``) every keep
+        set is classified once and p_c is exact ("exact" mode). When ``label`` is given and the selection copies
+        pick another class, the estimation copies are skipped (the radius is -1 either way;
+        ``skipped_estimation``). ``key`` should be ``fold_in(root, example_index)``; the selection and estimation
+        streams are derived from it."""
         import jax
 
         if label is not None and not 0 <= label < self.num_labels:
             raise ValueError(f"label {label} out of range for {self.num_labels} classes")
+        if beta not in ("pc", "one", "mc"):
+            raise ValueError(f"beta must be 'pc', 'one' or 'mc', got {beta!r}")
+        if beta == "mc" and n_r < 1:
+            raise ValueError(f"Monte Carlo beta needs n_r >= 1 perturbation sets, got {n_r}")
         enc = self.encode(text, text_pair)
         h, k = enc.h, self.keep_count(enc.h)
         exact = self.exact_mode(enc, n if exact_threshold is None else exact_threshold)
@@ -395,6 +439,8 @@ class SmoothedClassifier:
             k_sel, k_est = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
             _, w0, l0 = self.classify(enc, self.sample(k_sel, enc, n0))
             counts0 = self._votes(l0, w0)
+            if label is not None and int(np.argmax(counts0)) != label:
+                return certificate_from_counts(label, counts0, None, h, k, alpha, beta)
             uniq, weights, logits = self.classify(enc, self.sample(k_est, enc, n))
             counts = self._votes(logits, weights)
         mc = None

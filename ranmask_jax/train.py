@@ -29,7 +29,7 @@ from flax import nnx
 from ranmask_jax import distributed
 from ranmask_jax.config import TrainConfig, check_resume_config
 from ranmask_jax.data import Dataset, load_dataset
-from ranmask_jax.masking import EncodedText, bucket_length, build_masked, encode, keep_count, sample_keep
+from ranmask_jax.masking import PAD, EncodedText, bucket, build_masked, check_max_len, encode, keep_count, sample_keep
 from ranmask_jax.models import export_pretrained, load_pretrained
 from ranmask_jax.models.pretrained import RUN_META
 from ranmask_jax.progress import Heartbeat
@@ -46,13 +46,12 @@ class TrainingError(RuntimeError):
 
 @dataclasses.dataclass
 class EncodedSet:
-    """A dataset tokenized once, with word units, as padded numpy arrays ``[N, L]`` (L = max_len)."""
+    """A dataset tokenized once, whole (nothing truncated before masking), with word units. The per-slot arrays of
+    all texts are concatenated; ``starts[i]:starts[i + 1]`` are text i's slots. ``batch`` pads a batch to the
+    bucket of its longest text."""
 
-    token_ids: np.ndarray
-    token_type_ids: np.ndarray
-    word_index: np.ndarray
-    first_of_word: np.ndarray
-    lengths: np.ndarray  # tokens per text
+    slots: dict[str, np.ndarray]  # token_ids, token_type_ids, word_index, first_of_word, has_token, segment
+    starts: np.ndarray  # [N + 1]
     h: np.ndarray
     k: np.ndarray
     labels: np.ndarray
@@ -60,45 +59,58 @@ class EncodedSet:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def batch(self, idx: np.ndarray, max_len: int) -> dict[str, np.ndarray]:
-        t = bucket_length(int(self.lengths[idx].max()), max_len)
-        return {"token_ids": self.token_ids[idx, :t], "token_type_ids": self.token_type_ids[idx, :t],
-                "word_index": self.word_index[idx, :t], "first_of_word": self.first_of_word[idx, :t],
-                "h": self.h[idx], "k": self.k[idx], "labels": self.labels[idx]}
+    @property
+    def lengths(self) -> np.ndarray:
+        """Slots per text (tokens of the unmasked text, plus one per word that has no token)."""
+        return np.diff(self.starts)
+
+    def batch(self, idx: np.ndarray, pad_id: int) -> dict[str, np.ndarray]:
+        t = bucket(int(self.lengths[idx].max()))
+        fill = {"token_ids": pad_id, "token_type_ids": 0, "word_index": PAD, "first_of_word": False,
+                "has_token": False, "segment": -1}
+        out = {name: np.full((len(idx), t), fill[name], a.dtype) for name, a in self.slots.items()}
+        for row, i in enumerate(idx):
+            a, b = self.starts[i], self.starts[i + 1]
+            for name, arr in self.slots.items():
+                out[name][row, :b - a] = arr[a:b]
+        return {**out, "h": self.h[idx], "k": self.k[idx], "labels": self.labels[idx]}
 
 
 def encode_dataset(ds: Dataset, tokenizer, cfg: TrainConfig) -> EncodedSet:
-    encs: list[EncodedText] = [encode(tokenizer, e.text, e.text_pair, mask_side=cfg.mask_side, max_len=cfg.max_len)
-                               for e in ds.examples]
-    trunc = sum(e.truncated_words > 0 for e in encs)
-    if trunc:
-        log.info("%s/%s: %d of %d texts longer than max_len=%d lost words at the end", ds.name, ds.split, trunc,
-                 len(encs), cfg.max_len)
-    padded = [e.padded(cfg.max_len, tokenizer.pad_token_id) for e in encs]
+    encs: list[EncodedText] = []
+    for e in ds.examples:
+        enc = encode(tokenizer, e.text, e.text_pair, mask_side=cfg.mask_side)
+        check_max_len(enc, cfg.max_len)
+        encs.append(enc)
+    longer = sum(e.num_tokens > cfg.max_len for e in encs)
+    if longer:
+        log.info("%s/%s: %d of %d texts are longer than max_len=%d tokens: all their words are masked, then each "
+                 "masked copy is cut to max_len", ds.name, ds.split, longer, len(encs), cfg.max_len)
+    fields = {"token_ids": "token_ids", "token_type_ids": "token_type_ids", "word_index": "word_index",
+              "first_of_word": "first_of_word", "has_token": "has_token", "segment": "segment"}
     h = np.array([e.h for e in encs], np.int32)
     return EncodedSet(
-        token_ids=np.stack([p["token_ids"] for p in padded]),
-        token_type_ids=np.stack([p["token_type_ids"] for p in padded]),
-        word_index=np.stack([p["word_index"] for p in padded]),
-        first_of_word=np.stack([p["first_of_word"] for p in padded]),
-        lengths=np.array([len(e.token_ids) for e in encs], np.int32),
+        slots={name: np.concatenate([getattr(e, attr) for e in encs]) for name, attr in fields.items()},
+        starts=np.concatenate([[0], np.cumsum([len(e.token_ids) for e in encs])]).astype(np.int64),
         h=h, k=np.array([keep_count(int(x), cfg.rho, cfg.min_keep) for x in h], np.int32),
         labels=np.array([e.label for e in ds.examples], np.int32))
 
 
-def mask_batch(key: jax.Array, batch: dict, mask_id: int, pad_id: int):
-    """One fresh masked copy per example: ``(input_ids, token_type_ids, attention_mask)``, each ``[B, T]``.
-    Example i uses ``fold_in(key, i)``, so the masks do not depend on how the batch is split over devices."""
+def mask_batch(key: jax.Array, batch: dict, mask_id: int, pad_id: int, max_len: int):
+    """One fresh masked copy per example, cut to ``max_len`` after masking: ``(input_ids, token_type_ids,
+    attention_mask)``, each ``[B, min(T, max_len)]``. Example i uses ``fold_in(key, i)``, so the masks do not
+    depend on how the batch is split over devices."""
     b, t = batch["token_ids"].shape
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(b))
+    text_fields = ("token_ids", "token_type_ids", "word_index", "first_of_word", "has_token", "segment")
 
-    def one(k, ids, types, wi, first, h, kk):
+    def one(k, h, kk, *arrays):
         keep = sample_keep(k, h, kk, 1, t)  # [1, T]
-        out = build_masked(ids, types, wi, first, keep, mask_id, pad_id)
+        out = build_masked(*arrays, keep=keep, mask_id=mask_id, pad_id=pad_id, max_len=max_len,
+                           out_len=min(t, max_len))
         return tuple(o[0] for o in out)
 
-    return jax.vmap(one)(keys, batch["token_ids"], batch["token_type_ids"], batch["word_index"],
-                         batch["first_of_word"], batch["h"], batch["k"])
+    return jax.vmap(one)(keys, batch["h"], batch["k"], *(batch[f] for f in text_fields))
 
 
 def epoch_order(seed: int, epoch: int, n: int, lengths: np.ndarray | None = None, batch_size: int = 1,
@@ -183,7 +195,7 @@ class Trainer:
     # -- jitted functions ------------------------------------------------------------------------------------------
     def _step(self, params, opt_state, rest, batch, key):
         k_mask, k_drop = jax.random.split(key)
-        ids, types, attn = mask_batch(k_mask, batch, self.mask_id, self.pad_id)
+        ids, types, attn = mask_batch(k_mask, batch, self.mask_id, self.pad_id, self.cfg.max_len)
         model = nnx.merge(self.graphdef, params, rest)
         nnx.reseed(model, dropout=k_drop)  # dropout keys from (seed, step): a resumed run repeats them
 
@@ -200,7 +212,7 @@ class Trainer:
         return params, opt_state, metrics
 
     def _masked_logits(self, params, rest, batch, key):
-        ids, types, attn = mask_batch(key, batch, self.mask_id, self.pad_id)
+        ids, types, attn = mask_batch(key, batch, self.mask_id, self.pad_id, self.cfg.max_len)
         return nnx.merge(self.eval_graphdef, params, rest)(ids, attn, types)
 
     def _shard(self, batch: dict) -> dict:
@@ -217,7 +229,7 @@ class Trainer:
         for s in range(0, n, cfg.batch_size):
             idx = np.arange(s, min(s + cfg.batch_size, n))
             padded = np.concatenate([idx, np.full(cfg.batch_size - len(idx), idx[0])])
-            batch = self._shard(self.dev.batch(padded, cfg.max_len))
+            batch = self._shard(self.dev.batch(padded, self.pad_id))
             logits = np.asarray(self._eval_logits(self.params, self.rest, batch, jax.random.fold_in(key, s)))
             correct += int((logits[: len(idx)].argmax(-1) == self.dev.labels[idx]).sum())
         res = {"dev_masked_accuracy": correct / n}
@@ -307,7 +319,7 @@ class Trainer:
                 order_epoch, order = epoch, epoch_order(cfg.seed, epoch, len(self.train), self.train.lengths,
                                                         cfg.batch_size, cfg.group_by_length)
             idx = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
-            batch = self._shard(self.train.batch(idx, cfg.max_len))
+            batch = self._shard(self.train.batch(idx, self.pad_id))
             self.params, self.opt_state, m = self._train_step(self.params, self.opt_state, self.rest, batch,
                                                               jax.random.fold_in(self.root, step))
             step += 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
 
 import numpy as np
@@ -21,6 +20,7 @@ from ranmask_jax.smoothing import (
     delta_fraction,
     keep_count,
     monte_carlo_beta,
+    radius_from_bound,
     risk_probability,
 )
 
@@ -101,18 +101,6 @@ def test_not_certified_when_bound_at_most_half():
         certified_radius(10, 10, 5, 3, beta="mc")
     with pytest.raises(ValueError, match="n_c"):
         certified_radius(11, 10, 5, 3)
-
-
-def test_keep_count_rounding_and_floor():
-    for h in range(0, 60):
-        for rho in (0.0, 0.05, 0.1, 0.25, 0.3, 0.5, 0.7, 0.9, 0.95, 1.0):
-            masked = int((Decimal(str(rho)) * h).quantize(Decimal(1), rounding=ROUND_HALF_UP))
-            assert keep_count(h, rho, min_keep=0) == h - masked
-            assert keep_count(h, rho) == max(h - masked, min(1, h))
-    assert keep_count(5, 0.3) == 3  # 1.5 masked words round up to 2
-    assert keep_count(10, 0.9, min_keep=2) == 2
-    with pytest.raises(ValueError):
-        keep_count(5, 1.2)
 
 
 def test_risk_probability_integer_case():
@@ -202,3 +190,53 @@ def test_monte_carlo_beta_matches_exact_average():
         exact = np.mean([is_c[keep[:, list(a)].any(axis=1)].mean() for a in itertools.combinations(range(h), d)])
         mc = monte_carlo_beta(keep, weights, is_c, h, d, 4000, np.random.default_rng(d))
         assert mc == pytest.approx(exact, abs=0.01)
+
+
+def test_monte_carlo_beta_is_conservative_where_no_copy_meets_the_set():
+    # only keep sets {0, 1} were seen: a set a inside {2, ..., 5} meets none of them -> beta counts as 1, not 0
+    keep = np.zeros((3, 6), bool)
+    keep[:, :2] = True
+    beta = monte_carlo_beta(keep, np.array([3, 2, 1]), np.array([True, True, False]), 6, 1, 500,
+                            np.random.default_rng(0))
+    # a = {0} or {1} (1/3 of draws): 5/6; a in {2..5} (2/3): 1
+    assert beta == pytest.approx(1 / 3 * 5 / 6 + 2 / 3, abs=0.05)
+    assert monte_carlo_beta(keep, np.ones(3), np.zeros(3, bool), 6, 1, 50, np.random.default_rng(0)) > 0.5
+
+
+def test_per_d_beta_stops_at_the_first_failure():
+    h, k, p = 10, 3, 0.75
+    # d = 1 fails (beta 1), d = 2 would pass with a tiny beta: a radius must certify every smaller d too
+    betas = np.array([0.0, 1.0, 0.01] + [1.0] * 8)
+    assert p - 1.0 * delta(h, k, 1) <= 0.5 and p - 0.01 * delta(h, k, 2) > 0.5
+    assert radius_from_bound(p, betas, h, k) == 0
+    assert radius_from_bound(p, 0.0, h, k) == h  # beta = 0: every d
+
+
+def test_mc_radius_stops_at_the_first_failure():
+    counts = np.array([25, 75])  # exact p_c = 0.75; d = 1 fails with beta 1 (Delta(1) = 0.3)
+    betas = {1: 1.0, 2: 0.0}
+    cert = certificate_from_counts(1, counts, counts, 10, 3, 0.05, "mc", exact=True, mc_beta=lambda d: betas.get(d, 0))
+    assert cert.radius == cert.radius_mc == 0
+
+
+def test_k_zero_certifies_every_d():
+    # one keep set (the empty one): every x' with h words gets the same single copy, so g cannot change
+    cert = certificate_from_counts(0, np.array([1, 0]), np.array([1, 0]), 7, 0, 0.05, "one", exact=True)
+    assert cert.radius == cert.radius_one == cert.radius_pc == 7
+    assert delta(7, 0, 7) == 0.0
+
+
+def test_both_radii_from_the_same_votes():
+    counts0, counts = np.array([3, 97]), np.array([40, 960])
+    h, k = 20, 6
+    for beta in ("one", "pc"):
+        cert = certificate_from_counts(1, counts0, counts, h, k, 0.05, beta)
+        assert cert.radius_one == certified_radius(960, 1000, h, k, beta="one")
+        assert cert.radius_pc == certified_radius(960, 1000, h, k, beta="pc")
+        assert cert.radius == (cert.radius_one if beta == "one" else cert.radius_pc)
+        assert cert.radius_mc is None and cert.counts0 == (3, 97)
+    assert cert.radius_one <= cert.radius_pc
+    wrong = certificate_from_counts(0, counts0, counts, h, k, 0.05, "pc")
+    assert (wrong.radius, wrong.radius_one, wrong.radius_pc, wrong.correct) == (-1, -1, -1, False)
+    skipped = certificate_from_counts(0, counts0, None, h, k, 0.05, "one")
+    assert skipped.skipped_estimation and skipped.n == 0 and skipped.radius == -1 and not skipped.correct

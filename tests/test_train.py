@@ -177,16 +177,23 @@ def test_mask_batch_keeps_k_words_and_rho_zero_keeps_all(bert_tokenizer):
     from ranmask_jax.data import Dataset, Example
     from ranmask_jax.train import encode_dataset, mask_batch
 
-    ds = Dataset("x", "train", [Example("a b c d e f g h i j", 0), Example("one two three", 1)], ["n", "p"], "x")
-    for rho, kept in ((0.0, [10, 3]), (0.5, [5, 1])):
+    long_text = " ".join(f"w{i}" for i in range(40))  # 40 words, 80 tokens: longer than max_len
+    ds = Dataset("x", "train", [Example("a b c d e f g h i j", 0), Example("one two three", 1),
+                                Example("zero \u200b width", 0), Example(long_text, 1)], ["n", "p"], "x")
+    pad, mask = bert_tokenizer.pad_token_id, bert_tokenizer.mask_token_id
+    for rho, kept in ((0.0, [10, 3, 3, 40]), (0.5, [5, 2, 2, 20])):  # min_keep 2: h = 3 keeps 2, not 1
         enc = encode_dataset(ds, bert_tokenizer, TrainConfig(out_dir="unused", rho=rho, max_len=16))
-        batch = enc.batch(np.arange(2), 16)
-        ids, _, attn = mask_batch(jax.random.key(0), batch, bert_tokenizer.mask_token_id, bert_tokenizer.pad_token_id)
-        ids = np.asarray(ids)
-        masks = (ids == bert_tokenizer.mask_token_id).sum(axis=1)
-        assert masks.tolist() == [h - k for h, k in zip([10, 3], kept, strict=True)]
+        assert enc.h.tolist() == [10, 3, 3, 40] and enc.k.tolist() == kept
+        batch = enc.batch(np.arange(4), pad)
+        assert batch["token_ids"].shape == (4, 128)  # the whole text (82 slots) in its bucket
+        ids, _, attn = mask_batch(jax.random.key(0), batch, mask, pad, 16)
+        ids, attn = np.asarray(ids), np.asarray(attn)
+        assert ids.shape == (4, 16)
+        masks = (ids == mask).sum(axis=1)
+        assert masks[:3].tolist() == [h - k for h, k in zip([10, 3, 3], kept[:3], strict=True)]
+        assert attn[3].sum() == 16  # the long text's masked copy is cut to max_len after masking
         if rho == 0.0:
-            np.testing.assert_array_equal(ids, batch["token_ids"])
+            np.testing.assert_array_equal(ids[:2], batch["token_ids"][:2, :16])
 
 
 def test_failed_start_does_not_bind_the_directory(tiny_setup, tmp_path):
