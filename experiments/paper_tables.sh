@@ -2,7 +2,8 @@
 # The runs behind docs/RESULTS.md (Tables 2 and 3 of the paper, with MiniLM-L6 in place of RoBERTa-base).
 #   bash experiments/paper_tables.sh DATA_DIR RUNS_DIR [STAGE ...]
 # Stages: sst2-<rho> (train + certify 200 test sentences + accuracy of g on the full test split), sst2-base,
-# agnews-<rho>. Every step resumes when rerun.
+# agnews-<rho>, imdb-<rho> (max_len 256, 100 test reviews). Every step resumes when rerun. Each run's configs,
+# metrics, per-text rows and summaries (not the weights) are copied to docs/runs/<run> as they are written.
 # Environment: MODEL (starting weights, default minilm-l6), CERTIFY_ARGS (extra flags for every certify.py call,
 # e.g. "--batch-size 1024" on a GPU).
 set -euo pipefail
@@ -15,9 +16,23 @@ read -r -a CERT_EXTRA <<< "${CERTIFY_ARGS:-}"
 export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$RUNS/.jax-cache}"
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-0}"
 
+publish() {  # run_dir: copy what a reader needs to check the tables (rows, summaries, configs), not the weights
+    local run="$1" dest="docs/runs/$(basename "$1")"
+    mkdir -p "$dest"
+    for f in train_config.json ranmask_run.json metrics.jsonl; do [ -f "$run/$f" ] && cp "$run/$f" "$dest/"; done
+    for d in certify-test accuracy-test; do
+        [ -d "$run/$d" ] || continue
+        mkdir -p "$dest/$d"
+        for f in certify.jsonl certify_config.json summary.json table.md; do
+            [ -f "$run/$d/$f" ] && cp "$run/$d/$f" "$dest/$d/"
+        done
+    done
+    return 0
+}
+
 certify() {  # run_dir dataset extra...
     local run="$1" ds="$2"; shift 2
-    # beta = pc as in the paper; summarize.py recomputes the rigorous beta = 1 radius from the same votes
+    # beta = pc as in the paper; every row also carries the rigorous beta = 1 radius from the same votes
     python certify.py --run-dir "$run" --data-dir "$DATA_DIR" --dataset "$ds" --split test --num-examples $NUM \
         --n0 $N0 --n $N --alpha 0.05 --beta pc --seed 0 --out "$run/certify-test" "${CERT_EXTRA[@]}" "$@"
 }
@@ -33,19 +48,34 @@ for stage in "$@"; do
         sst2-base)
             python train.py --model "$MODEL" --out-dir "$RUNS/sst2-rho0" --data-dir "$DATA_DIR" --dataset sst2 --rho 0 \
                 --epochs 3 --max-len 64 --eval-n 1 --checkpoint-every 100
-            accuracy "$RUNS/sst2-rho0" sst2 --n0 1 ;;
+            accuracy "$RUNS/sst2-rho0" sst2 --n0 1
+            publish "$RUNS/sst2-rho0" ;;
         sst2-*)
             rho="${stage#sst2-}"
             python train.py --model "$MODEL" --out-dir "$RUNS/sst2-rho$rho" --data-dir "$DATA_DIR" --dataset sst2 --rho "$rho" \
                 --epochs 3 --max-len 64 --eval-n 16 --checkpoint-every 100
+            publish "$RUNS/sst2-rho$rho"
             certify "$RUNS/sst2-rho$rho" sst2
-            accuracy "$RUNS/sst2-rho$rho" sst2 ;;
+            publish "$RUNS/sst2-rho$rho"
+            accuracy "$RUNS/sst2-rho$rho" sst2
+            publish "$RUNS/sst2-rho$rho" ;;
         agnews-*)
             rho="${stage#agnews-}"
             python train.py --model "$MODEL" --out-dir "$RUNS/agnews-rho$rho" --data-dir "$DATA_DIR" --dataset ag_news \
                 --rho "$rho" --epochs 2 --max-len 128 --eval-n 16 --checkpoint-every 100
+            publish "$RUNS/agnews-rho$rho"
             certify "$RUNS/agnews-rho$rho" ag_news
-            accuracy "$RUNS/agnews-rho$rho" ag_news ;;
+            publish "$RUNS/agnews-rho$rho"
+            accuracy "$RUNS/agnews-rho$rho" ag_news
+            publish "$RUNS/agnews-rho$rho" ;;
+        imdb-*)
+            rho="${stage#imdb-}"
+            python train.py --model "$MODEL" --out-dir "$RUNS/imdb-rho$rho" --data-dir "$DATA_DIR" --dataset imdb \
+                --rho "$rho" --epochs 1 --max-len 256 --group-by-length 50 --eval-n 16 --eval-examples 100 \
+                --checkpoint-every 50 ${IMDB_TRAIN_ARGS:-}
+            publish "$RUNS/imdb-rho$rho"
+            certify "$RUNS/imdb-rho$rho" imdb --num-examples 100
+            publish "$RUNS/imdb-rho$rho" ;;
         *) echo "unknown stage $stage" >&2; exit 2 ;;
     esac
 done

@@ -3,8 +3,9 @@
     python experiments/summarize.py --title "SST-2" --plot docs/figures/sst2.png RUNS/sst2-rho0 RUNS/sst2-rho0.3 ...
 
 Per run: rho, best dev step, accuracy of g on the full test split (accuracy-test/), and on the certified subset
-(certify-test/, beta = pc as in the paper) accuracy, MCB and MCR in both radius conventions, plus MCB / MCR with
-the rigorous beta = 1 recomputed from the same votes.
+(certify-test/) accuracy, then MCB / MCR and certified accuracy at d = 0, 1, 2, ... under the rigorous beta = 1
+and under the paper's beta = p_c (both from the same votes; rows written before both radii were stored are
+rescored from their counts), with the original code's +1 convention beside the paper's numbers.
 """
 
 from __future__ import annotations
@@ -29,6 +30,24 @@ def _num(x) -> str:
     return "N/A" if x is None else str(x)
 
 
+def by_beta(rows: list[dict]) -> dict[str, dict]:
+    """Summaries under beta = 1 and beta = p_c: from the stored radius_one / radius_pc, or rescored from the
+    counts for rows that predate them."""
+    alpha = rows[0].get("alpha", 0.05)
+    out = {}
+    for beta in ("one", "pc"):
+        if all(f"radius_{beta}" in r for r in rows):
+            out[beta] = metrics.summarize(rows)["by_beta"][beta]
+        else:
+            out[beta] = metrics.summarize(metrics.rescore(rows, beta, alpha=alpha))
+    return out
+
+
+def _curve(summary: dict) -> str:
+    ca = summary["certified_accuracy"]
+    return " / ".join(f"{100 * ca[d]:.1f}" for d in sorted(ca, key=int)[:6])
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+")
@@ -36,10 +55,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--plot", help="PNG of certified accuracy against radius, one curve per run")
     args = p.parse_args(argv)
 
-    lines = ["| rho | best dev step | accuracy of g, full test % (n) | certified subset: accuracy of g % | "
-             "MCB | MCR % | MCB (+1) | MCR % (+1) | MCB beta=1 | MCR % beta=1 | exact-mode share % | "
-             "certify s/text, median (total min) |",
-             "|" + "---|" * 12]
+    lines = ["| rho | best dev step | accuracy of g, full test % (n) | certified subset: accuracy of g % (n) | "
+             "beta = 1: MCB | MCR % | certified accuracy % at d = 0, 1, 2, ... | "
+             "beta = p_c: MCB | MCR % | MCB (+1) | MCR % (+1) | certified accuracy % at d = 0, 1, 2, ... | "
+             "exact-mode share % | certify s/text, median (total min) |",
+             "|" + "---|" * 14]
     curves = {}
     for run in map(Path, args.runs):
         meta = json.loads((run / "ranmask_run.json").read_text())
@@ -48,16 +68,18 @@ def main(argv: list[str] | None = None) -> None:
         rows = _read_rows(run / "certify-test" / "certify.jsonl")
         full = f"{_pct(acc['accuracy'])} ({acc['n']})" if acc else "not run"
         if rows:
-            s = metrics.summarize(rows)
-            one = metrics.summarize(metrics.rescore(rows, "one", alpha=rows[0].get("alpha", 0.05)))
-            curves[(f"rho={meta['rho']}", run.name)] = s
+            by = by_beta(rows)
+            one, pc = by["one"], by["pc"]
+            curves[(f"rho={meta['rho']}, beta=1", run.name)] = one
+            curves[(f"rho={meta['rho']}, beta=p_c", run.name)] = pc
             secs = [r["seconds"] for r in rows]
             timing = f"{statistics.median(secs):.2f} ({sum(secs) / 60:.1f})"
-            cells = [_pct(s["accuracy"]) + f" ({s['n']})", _num(s["mcb_largest"]), _pct(s["mcr_largest"]),
-                     _num(s["mcb_original"]), _pct(s["mcr_original"]), _num(one["mcb_largest"]),
-                     _pct(one["mcr_largest"]), _pct(s.get("exact_mode_share")), timing]
+            s = metrics.summarize(rows)
+            cells = [_pct(s["accuracy"]) + f" ({s['n']})", _num(one["mcb_largest"]), _pct(one["mcr_largest"]),
+                     _curve(one), _num(pc["mcb_largest"]), _pct(pc["mcr_largest"]), _num(pc["mcb_original"]),
+                     _pct(pc["mcr_original"]), _curve(pc), _pct(s.get("exact_mode_share")), timing]
         else:
-            cells = ["not run"] + ["-"] * 8
+            cells = ["not run"] + ["-"] * 10
         lines.append(f"| {meta['rho']} | {meta['step']} | {full} | " + " | ".join(cells) + " |")
     if args.title:
         print(f"**{args.title}**\n")

@@ -1,9 +1,12 @@
 """Certification runs: one flushed JSONL row per text, resumable, with a summary, a Markdown table and a plot.
 
-``certify.jsonl`` rows: index, label, prediction, correct, counts, n0, n, p_lower, beta, beta_mode, h, k, radius
-(largest certified d, -1 if none), radius_original (the original code's convention, radius + 1 when correct),
-mode (sampled / exact), seconds, text. A rerun with the same config skips the rows already written, so a crash
-loses at most the text in flight. ``summary.json`` / ``table.md`` / ``plot.png`` are recomputed from the rows.
+``certify.jsonl`` rows: index, label, prediction, correct, counts0 (selection votes), counts (estimation votes), n0,
+n, p_lower, beta, beta_mode, h, k, radius (largest certified d under ``--beta``, -1 if none), radius_one (beta = 1,
+rigorous), radius_pc (beta = p_c, the paper's), radius_mc (with ``--beta mc``), radius_original (the original code's
+convention, radius + 1 when correct), skipped_estimation (the selection copies chose a wrong class, so the n
+estimation copies were not run), mode (sampled / exact), seconds, text. A rerun with the same config skips the rows
+already written, so a crash loses at most the text in flight. ``summary.json`` / ``table.md`` / ``plot.png`` are
+recomputed from the rows.
 """
 
 from __future__ import annotations
@@ -182,8 +185,8 @@ def predict_texts(cfg: CertifyConfig) -> list[dict]:
             if cfg.radius:
                 cert = sc.certify(key, text, None, pair, n0=cfg.n0, n=cfg.n, alpha=cfg.alpha, beta=cfg.beta,
                                   exact_threshold=thr, n_r=cfg.n_r)
-                row.update(radius=cert.radius, p_lower=cert.p_lower, mode=cert.mode,
-                           certified_label=names[cert.prediction])
+                row.update(radius=cert.radius, radius_one=cert.radius_one, radius_pc=cert.radius_pc,
+                           p_lower=cert.p_lower, mode=cert.mode, certified_label=names[cert.prediction])
             print(json.dumps(row), flush=True)
             results.append(row)
     return results

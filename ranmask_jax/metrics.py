@@ -17,7 +17,6 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-
 BETAS = ("one", "pc", "mc")  # rows carry radius_one, radius_pc (always) and radius_mc (with --beta mc)
 
 
@@ -44,7 +43,8 @@ def _radius_summary(rows: list[Mapping], key: str) -> dict:
     correct = np.array([bool(r["correct"]) for r in rows])
     radius = np.array([int(r[key]) if r["correct"] else -1 for r in rows])
     max_r = int(radius[correct].max()) if correct.any() else -1
-    out: dict = {"certified_accuracy": {d: float((correct & (radius >= d)).mean()) for d in range(0, max(max_r, 0) + 1)}}
+    out: dict = {"certified_accuracy": {d: float((correct & (radius >= d)).mean())
+                                        for d in range(0, max(max_r, 0) + 1)}}
     for conv in ("largest", "original"):
         rob = [robustness(r, conv, key) for r in rows]
         rate = [x / r["h"] if x > -math.inf else -math.inf for x, r in zip(rob, rows, strict=True)]

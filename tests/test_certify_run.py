@@ -28,12 +28,17 @@ def test_rows_summary_table_plot(certified):
     assert len(rows) == 6 and len({r["index"] for r in rows}) == 6
     for r in rows:
         assert set(r) >= {"index", "label", "prediction", "counts", "p_lower", "beta", "h", "k", "radius", "mode",
-                          "seconds", "radius_original", "text"}
+                          "seconds", "radius_original", "text", "radius_one", "radius_pc"}
+        assert r["radius"] == r["radius_pc"] and r["radius_one"] <= r["radius_pc"]  # --beta pc (default)
         assert r["mode"] in ("exact", "sampled") and r["radius"] >= -1
-        assert r["n"] == (sum(r["counts"]))
+        assert r["n"] == (sum(r["counts"])) and (r["n"] > 0 or not r["correct"])
         assert r["radius_original"] == (r["radius"] + 1 if r["correct"] else None)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n"] == 6 and summary["accuracy"] == sum(r["correct"] for r in rows) / 6
+    assert set(summary["by_beta"]) == {"one", "pc"}
+    assert summary["by_beta"]["pc"]["mcb_largest"] == summary["mcb_largest"]
+    table = (out / "table.md").read_text()
+    assert "beta = 1 (rigorous)" in table and "beta = p_c" in table
     assert (out / "plot.png").stat().st_size > 1000
     assert "accuracy of g" in (out / "table.md").read_text() and "accuracy of g" in res.stdout
 
@@ -78,3 +83,20 @@ def test_accuracy_only(trained_run, tiny_setup, tmp_path):  # noqa: F811
     assert len(rows) == 6 and all("radius" not in r and sum(r["counts"]) == r["n"] for r in rows)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["accuracy"] == sum(r["correct"] for r in rows) / 6
+
+
+def test_predict_long_and_zero_token_lines(trained_run):  # noqa: F811
+    long_line = " ".join(["good"] + ["film"] * 299)
+    for max_len in ([], ["--max-len", "16"]):
+        res = run_cli("certify.py", ["--run-dir", str(trained_run), "--predict", "-", "--n", "20", "--n0", "10",
+                                     "--radius", *max_len], input=f"{long_line}\na \u200b good film\n\u200b\n")
+        assert res.returncode == 0, res.stderr[-3000:]
+        rows = [json.loads(x) for x in res.stdout.strip().splitlines()]
+        assert [r["h"] for r in rows] == [300, 4, 1]
+        assert all("radius_one" in r and "radius_pc" in r for r in rows)
+
+
+def test_max_len_beyond_the_model_is_refused(trained_run):  # noqa: F811
+    res = run_cli("certify.py", ["--run-dir", str(trained_run), "--predict", "-", "--max-len", "65"], input="a b\n")
+    assert res.returncode == 2 and "max_len 65 exceeds the model's 64 positions" in res.stderr
+    assert "Traceback" not in res.stderr

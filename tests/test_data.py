@@ -136,3 +136,17 @@ def test_rescore_to_beta_one_matches_direct_certificates():
                "k": k, "mode": pc.mode, "radius": pc.radius}
         assert rescore([row], "one")[0]["radius"] == one.radius
         assert rescore([row], "pc")[0]["radius"] == pc.radius
+
+
+def test_imdb_texts_with_words_that_tokenize_to_nothing_encode(data_dir, bert_tokenizer):
+    """Hundreds of IMDB reviews contain zero-width spaces, soft hyphens, control characters as words: each is one
+    of the h_x words, and every review is encoded whole (no truncation before masking)."""
+    from ranmask_jax.masking import encode
+
+    odd = "\u200b\u00ad\x7f\ufeff\x96\x97\uf0b7"
+    for split in ("train", "test"):
+        exs = [e for e in load_dataset("imdb", split, data_dir).examples if any(c in e.text for c in odd)]
+        assert len(exs) > 400
+        for e in exs:
+            enc = encode(bert_tokenizer, e.text)
+            assert enc.h == len(e.text.split())

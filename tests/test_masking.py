@@ -10,8 +10,16 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ranmask_jax.masking import (ALWAYS, bucket, build_masked, check_max_len, encode, keep_count, keep_from_noise,
-                                 sample_keep)
+from ranmask_jax.masking import (
+    ALWAYS,
+    bucket,
+    build_masked,
+    check_max_len,
+    encode,
+    keep_count,
+    keep_from_noise,
+    sample_keep,
+)
 from tests.conftest import CORPUS
 
 # words that tokenize to nothing (BERT's normalizer drops them), and words that split into many pieces
