@@ -5,8 +5,8 @@ n, p_lower, beta, beta_mode, h, k, radius (largest certified d under ``--beta``,
 rigorous), radius_pc (beta = p_c, the paper's), radius_mc (with ``--beta mc``), radius_original (the original code's
 convention, radius + 1 when correct), skipped_estimation (the selection copies chose a wrong class, so the n
 estimation copies were not run), mode (sampled / exact), seconds, text. A rerun with the same config skips the rows
-already written, so a crash loses at most the text in flight. ``summary.json`` / ``table.md`` / ``plot.png`` are
-recomputed from the rows.
+already written, so a crash loses at most the text in flight. ``summary.json`` / ``table.md`` /
+``certified-accuracy.png`` and ``.pdf`` are recomputed from the rows.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import numpy as np
 from ranmask_jax import distributed, metrics
 from ranmask_jax.config import CertifyConfig, check_resume_config
 from ranmask_jax.data import DataError, load_dataset
+from ranmask_jax.files import RowFile, fingerprint_files, fingerprint_rows, read_json
 from ranmask_jax.masking import DEFAULT_MIN_KEEP
 from ranmask_jax.models import load_pretrained
 from ranmask_jax.models.pretrained import resolve
@@ -36,9 +37,10 @@ RESUMABLE_CHANGES = ("data_dir", "batch_size", "num_examples")
 
 
 def smoothed_from_run(cfg: CertifyConfig) -> tuple[SmoothedClassifier, dict]:
-    """The smoothed classifier of a run directory, with the run's rho / max_len / mask side unless overridden."""
-    _, meta = resolve(cfg.run_dir)
-    model, tok, _ = load_pretrained(cfg.run_dir, dtype=cfg.dtype)
+    """The smoothed classifier of a run directory, with the run's rho / max_len / mask side unless overridden.
+    ``settings["label_names"]`` is the run's label map (None for a model directory that names no labels)."""
+    model_dir, meta = resolve(cfg.run_dir)
+    model, tok, _ = load_pretrained(cfg.run_dir, dtype=cfg.dtype, allow_pickle=cfg.allow_pickle)
     rho = cfg.rho if cfg.rho is not None else meta.get("rho")
     if rho is None:
         raise ValueError(f"{cfg.run_dir} is not a ranmask-jax run (no {Path(cfg.run_dir) / 'ranmask_run.json'}); "
@@ -50,8 +52,17 @@ def smoothed_from_run(cfg: CertifyConfig) -> tuple[SmoothedClassifier, dict]:
                 "mask_side": cfg.mask_side or meta.get("mask_side", "second")}
     bs = distributed.round_up(cfg.batch_size, len(jax.devices()))
     sc = SmoothedClassifier(model, tok, batch_size=bs, **settings)
-    label_names = meta.get("label_names") or [f"LABEL_{i}" for i in range(sc.num_labels)]
-    return sc, {**settings, "label_names": label_names}
+    names = meta.get("label_names") or _config_label_names(model_dir, sc.num_labels)
+    weights = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("pytorch_model*.bin"))
+    return sc, {**settings, "label_names": names, "model_fingerprint": fingerprint_files(weights)}
+
+
+def _config_label_names(model_dir: Path, num_labels: int) -> list[str] | None:
+    """Label names from an HF config's id2label, unless they are the generic LABEL_i."""
+    id2label = read_json(model_dir / "config.json").get("id2label") or {}
+    names = [str(id2label.get(str(i), id2label.get(i, ""))) for i in range(num_labels)]
+    generic = all(n == f"LABEL_{i}" or not n for i, n in enumerate(names))
+    return None if generic else names
 
 
 def select_indices(n_total: int, num_examples: int | None, seed: int) -> np.ndarray:
@@ -61,56 +72,46 @@ def select_indices(n_total: int, num_examples: int | None, seed: int) -> np.ndar
     return np.sort(np.random.default_rng(seed).choice(n_total, size=num_examples, replace=False))
 
 
-def _read_rows(path: Path) -> list[dict]:
-    rows = []
-    if path.exists():
-        with open(path) as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    # a row cut by a crash can only be the last one; anything else is corruption
-                    if f.readline():
-                        raise DataError(f"{path}:{i}: corrupt row in the middle of the file") from None
-                    log.warning("%s:%d: dropping a partial last row (interrupted write)", path, i)
-    return rows
+def load_for_run(cfg: CertifyConfig, settings: dict, num_labels: int):
+    """The dataset split, with labels mapped to the run's label map by name (refused when they do not match)."""
+    ds = load_dataset(cfg.dataset, cfg.split, cfg.data_dir, text_field=cfg.text_field, pair_field=cfg.pair_field,
+                      label_field=cfg.label_field, label_names=settings["label_names"], encoding=cfg.encoding,
+                      multiline_fields=cfg.multiline_fields)
+    if ds.num_labels != num_labels:
+        raise DataError(f"{ds.source}: {ds.num_labels} labels {ds.label_names} but the model has {num_labels}")
+    return ds
 
 
 def certify_dataset(cfg: CertifyConfig) -> dict:
-    """Certify ``cfg.num_examples`` texts of a dataset split; returns the summary (also written to disk)."""
+    """Certify ``cfg.num_examples`` texts of a dataset split; returns the summary (also written to disk).
+
+    Rows stream into ``certify.jsonl`` (append-only, locked: a second run into the same ``--out`` is refused). A
+    rerun with the same flags, model weights and data resumes after the last written row."""
     from tqdm.auto import tqdm
 
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows_path = out / "certify.jsonl"
-    check_resume_config(out / "certify_config.json", cfg, RESUMABLE_CHANGES,
-                        started=rows_path.exists() and rows_path.stat().st_size > 0)
-    sc, settings = smoothed_from_run(cfg)
-    ds = load_dataset(cfg.dataset, cfg.split, cfg.data_dir, text_field=cfg.text_field, pair_field=cfg.pair_field,
-                      label_field=cfg.label_field, label_names=settings["label_names"]
-                      if Path(cfg.dataset).suffix in (".csv", ".tsv", ".jsonl", ".gz") else None)
-    if ds.num_labels != sc.num_labels:
-        raise DataError(f"{ds.source}: {ds.num_labels} labels {ds.label_names} but the model has {sc.num_labels}")
-    indices = select_indices(len(ds), cfg.num_examples, cfg.seed)
-    rows = _read_rows(rows_path)
-    with open(rows_path, "w") as f:  # rewrite without a partial last row
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    done = {r["index"] for r in rows}
-    todo = [int(i) for i in indices if int(i) not in done]
-    if done:
-        log.info("resuming: %d of %d texts already certified", len(indices) - len(todo), len(indices))
-    root = jax.random.key(cfg.seed)
-    # exact mode when enumerating costs no more copies than sampling would: n (certify) or n0 (accuracy only)
-    thr = (cfg.n0 if cfg.accuracy_only else cfg.n) if cfg.exact_threshold is None else cfg.exact_threshold
-    bar = tqdm(todo, desc="certify", unit="text", disable=None, dynamic_ncols=True)
-    beat, t_start = Heartbeat(log, bar), time.perf_counter()
-    n_correct = sum(bool(r["correct"]) for r in rows)  # kept up to date below: the log line costs O(1) a text
-    with open(rows_path, "a") as f:
+    with RowFile(out / "certify.jsonl") as rowfile:
+        sc, settings = smoothed_from_run(cfg)
+        ds = load_for_run(cfg, settings, sc.num_labels)
+        indices = select_indices(len(ds), cfg.num_examples, cfg.seed)
+        selected = [[int(i), ds.examples[i].text, ds.examples[i].text_pair, ds.examples[i].label] for i in indices]
+        check_resume_config(out / "certify_config.json", cfg, RESUMABLE_CHANGES, started=bool(rowfile.rows),
+                            extra={"model_fingerprint": settings["model_fingerprint"],
+                                   "data_fingerprint": fingerprint_rows(selected)})
+        rows = rowfile.rows
+        done = {r["index"] for r in rows}
+        todo = [int(i) for i in indices if int(i) not in done]
+        if done:
+            log.info("resuming: %d of %d texts already certified", len(indices) - len(todo), len(indices))
+        root = jax.random.key(cfg.seed)
+        # exact mode when enumerating costs no more copies than sampling would: n (certify) or n0 (accuracy only)
+        thr = (cfg.n0 if cfg.accuracy_only else cfg.n) if cfg.exact_threshold is None else cfg.exact_threshold
+        bar = tqdm(todo, desc="certify", unit="text", disable=None, dynamic_ncols=True)
+        beat, t_start = Heartbeat(log, bar), time.perf_counter()
+        n_correct = sum(bool(r["correct"]) for r in rows)  # kept up to date below: the log line costs O(1) a text
         for j, i in enumerate(bar):
-            beat("%d/%d texts, accuracy of g so far %.1f%%, %.2f s a text", len(indices) - len(todo) + j, len(indices),
-                 100 * n_correct / max(len(rows), 1), (time.perf_counter() - t_start) / max(j, 1))
+            beat("%d/%d texts, accuracy of g so far %.1f%%, %.2f s a text", len(indices) - len(todo) + j,
+                 len(indices), 100 * n_correct / max(len(rows), 1), (time.perf_counter() - t_start) / max(j, 1))
             ex = ds.examples[i]
             t0 = time.perf_counter()
             if cfg.accuracy_only:
@@ -118,52 +119,55 @@ def certify_dataset(cfg: CertifyConfig) -> dict:
                 row = {"index": i, "label": ex.label, "prediction": pred.label, "correct": pred.label == ex.label,
                        "counts": list(pred.counts), "n": pred.n, "h": pred.h, "k": pred.k,
                        "seconds": round(time.perf_counter() - t0, 4)}
-                f.write(json.dumps(row) + "\n")
-                f.flush()
-                rows.append(row)
-                n_correct += bool(row["correct"])
-                continue
-            cert = sc.certify(jax.random.fold_in(root, i), ex.text, ex.label, ex.text_pair, n0=cfg.n0, n=cfg.n,
-                              alpha=cfg.alpha, beta=cfg.beta, exact_threshold=thr, n_r=cfg.n_r)
-            row = {"index": i, **dataclasses.asdict(cert), "n0": cfg.n0,
-                   "radius_original": cert.radius + 1 if cert.correct else None,
-                   "seconds": round(time.perf_counter() - t0, 4), "text": ex.text}
-            if ex.text_pair is not None:
-                row["text_pair"] = ex.text_pair
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            rows.append(row)
+            else:
+                cert = sc.certify(jax.random.fold_in(root, i), ex.text, ex.label, ex.text_pair, n0=cfg.n0, n=cfg.n,
+                                  alpha=cfg.alpha, beta=cfg.beta, exact_threshold=thr, n_r=cfg.n_r)
+                row = {"index": i, **dataclasses.asdict(cert), "n0": cfg.n0,
+                       "radius_original": cert.radius + 1 if cert.correct else None,
+                       "seconds": round(time.perf_counter() - t0, 4), "text": ex.text}
+                if ex.text_pair is not None:
+                    row["text_pair"] = ex.text_pair
+            rowfile.append(row)
             n_correct += bool(row["correct"])
-    wanted = set(indices.tolist())
-    rows = [r for r in rows if r["index"] in wanted]
-    return write_summary(out, rows, cfg, settings)
+        wanted = set(indices.tolist())
+        rows = [r for r in rows if r["index"] in wanted]
+        return write_summary(out, rows, cfg, settings, ds)
 
 
-def write_summary(out: Path, rows: list[dict], cfg: CertifyConfig, settings: dict) -> dict:
+DISPLAY_NAMES = {"sst2": "SST-2", "ag_news": "AG News", "imdb": "IMDB", "snli": "SNLI"}
+
+
+def dataset_title(ds) -> str:
+    """A dataset's name for tables and plots: the preset's name or the file's basename, and the split."""
+    return f"{DISPLAY_NAMES.get(ds.name, ds.name)} {ds.split}"
+
+
+def write_summary(out: Path, rows: list[dict], cfg: CertifyConfig, settings: dict, ds) -> dict:
+    name = dataset_title(ds)
     if cfg.accuracy_only:
         summary = {"n": len(rows), "accuracy": float(np.mean([r["correct"] for r in rows])),
                    "seconds_total": round(sum(r["seconds"] for r in rows), 2), "rho": settings["rho"],
                    "config": dataclasses.asdict(cfg)}
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        (out / "table.md").write_text(f"accuracy of g on {cfg.dataset}/{cfg.split} ({len(rows)} texts, vote over "
-                                      f"n0={cfg.n0} copies, rho={settings['rho']}): {100 * summary['accuracy']:.2f}%\n")
+        (out / "table.md").write_text(f"accuracy of g on {name} ({len(rows)} texts, vote over n0={cfg.n0} copies, "
+                                      f"rho={settings['rho']}): {100 * summary['accuracy']:.2f}%\n")
         return summary
     summary = metrics.summarize(rows)
     summary.update(seconds_total=round(sum(r["seconds"] for r in rows), 2),
                    config={k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("predict", "radius")},
                    rho=settings["rho"], min_keep=settings["min_keep"], max_len=settings["max_len"])
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    title = (f"{cfg.dataset}/{cfg.split}, rho={settings['rho']}, n0={cfg.n0}, n={cfg.n}, alpha={cfg.alpha}, "
-             f"beta={cfg.beta}")
+    title = f"{name}, rho = {settings['rho']}, n0 = {cfg.n0}, n = {cfg.n}, alpha = {cfg.alpha}"
     (out / "table.md").write_text(metrics.markdown_table(summary, title))
-    metrics.plot_certified_accuracy({f"rho={settings['rho']}": summary}, str(out / "plot.png"), title=cfg.dataset)
+    curves = {f"rho = {settings['rho']}, {metrics.BETA_NAMES[b]}": s for b, s in summary["by_beta"].items()}
+    metrics.plot_certified_accuracy(curves, out / "certified-accuracy", title=name, n=len(rows))
     return summary
 
 
 def predict_texts(cfg: CertifyConfig) -> list[dict]:
     """``--predict``: g's label and vote distribution (and radius with ``--radius``) for raw texts."""
     sc, settings = smoothed_from_run(cfg)
-    names = settings["label_names"]
+    names = settings["label_names"] or [f"LABEL_{i}" for i in range(sc.num_labels)]
     src = sys.stdin if cfg.predict == "-" else open(cfg.predict, encoding="utf-8")
     results = []
     root = jax.random.key(cfg.seed)
@@ -177,7 +181,10 @@ def predict_texts(cfg: CertifyConfig) -> list[dict]:
                 raise DataError(f"{cfg.predict}:{lineno}: expected a text or premise<TAB>hypothesis")
             text, pair = parts[0], (parts[1] if len(parts) == 2 else None)
             key = jax.random.fold_in(root, lineno)
-            pred = sc.predict(key, text, pair, n=cfg.n, exact_threshold=thr)
+            try:
+                pred = sc.predict(key, text, pair, n=cfg.n, exact_threshold=thr)
+            except ValueError as e:  # empty text, a text with no room beside the special tokens
+                raise DataError(f"{cfg.predict}:{lineno}: {e}") from None
             row = {"line": lineno, "text": text, "label": names[pred.label], "label_id": pred.label,
                    "votes": dict(zip(names, pred.counts, strict=True)), "n": pred.n, "h": pred.h, "k": pred.k}
             if pair is not None:

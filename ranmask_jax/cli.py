@@ -53,7 +53,16 @@ def train_main(argv: list[str] | None = None) -> int:
     _setup_logging()
     from ranmask_jax.train import train
 
-    return _run(train, cfg)
+    def run(c):
+        result = train(c)
+        from pathlib import Path
+
+        out = Path(c.out_dir)
+        print(f"run directory: {out}  (model: {out / 'model'}, metrics: {out / 'metrics.jsonl'}, checkpoints: "
+              f"{out / 'checkpoints'}); certify it with: certify.py --run-dir {out} ...", file=sys.stderr)
+        return result
+
+    return _run(run, cfg)
 
 
 def certify_main(argv: list[str] | None = None) -> int:
@@ -67,11 +76,14 @@ def certify_main(argv: list[str] | None = None) -> int:
     summary_fn = certify_dataset
 
     def run(c):
-        summary = summary_fn(c)
+        summary_fn(c)
         from pathlib import Path
 
-        print((Path(c.out) / "table.md").read_text())
-        keys = ("n", "accuracy", "mcb_largest", "mcr_largest", "mcb_original", "mcr_original")
-        return {k: summary[k] for k in keys if k in summary}
+        out = Path(c.out)
+        print((out / "table.md").read_text())
+        files = ["certify.jsonl", "summary.json", "table.md"] + ([] if c.accuracy_only else
+                                                                 ["certified-accuracy.png", "certified-accuracy.pdf"])
+        print(f"results in {out}/: {', '.join(files)}", file=sys.stderr)
+        return None
 
     return _run(run, cfg)

@@ -29,6 +29,9 @@ class TrainConfig:
     text_field: str | None = opt(None, "file datasets: the text column / key (default: text)")
     pair_field: str | None = opt(None, "file datasets: the second text of a pair, if any")
     label_field: str = opt("label", "file datasets: the label column / key")
+    encoding: str = opt("utf-8", "file datasets: text encoding (a UTF-8 byte-order mark is dropped)")
+    multiline_fields: bool = opt(False, "CSV/TSV files: allow quoted fields that contain line breaks (by default a "
+                                        "record spanning lines is an error: usually a stray quote)")
     mask_side: str = opt("second", "for pairs: which side's words are masked (first, second, both)")
     rho: float = opt(0.3, "masking rate: fraction of words replaced by the mask token (0: plain baseline)")
     min_keep: int = opt(2, "floor on the number of kept words: k_x = max(h - round(h * rho), min(min_keep, h))")
@@ -89,6 +92,8 @@ class CertifyConfig:
     text_field: str | None = opt(None, "file datasets: the text column / key")
     pair_field: str | None = opt(None, "file datasets: the second text of a pair")
     label_field: str = opt("label", "file datasets: the label column / key")
+    encoding: str = opt("utf-8", "file datasets: text encoding (a UTF-8 byte-order mark is dropped)")
+    multiline_fields: bool = opt(False, "CSV/TSV files: allow quoted fields that contain line breaks")
     num_examples: int | None = opt(None, "certify a seeded random subset of this many texts (default: all)")
     seed: int = opt(0, "root seed: the subset and every masked copy")
     n0: int = opt(100, "selection copies (choose g's answer)")
@@ -109,6 +114,7 @@ class CertifyConfig:
     predict: str | None = opt(None, "classify raw texts from this file ('-': stdin), one per line "
                                     "(pairs: premise<TAB>hypothesis), instead of certifying a dataset")
     radius: bool = opt(False, "with --predict: also certify g's answer and report its radius")
+    allow_pickle: bool = opt(False, "allow loading a pickled pytorch_model.bin (runs code from the file)")
 
     def __post_init__(self):
         if not self.run_dir:
@@ -151,7 +157,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         if typ is bool:
             parser.add_argument(flag, action="store_true", default=f.default, help=help_)
         else:
-            parser.add_argument(flag, type=typ, default=f.default, help=f"{help_} (default: {f.default})")
+            parser.add_argument(flag, type=typ, default=f.default, help=help_)
 
 
 def from_args(cls: type, args: argparse.Namespace):
@@ -161,18 +167,25 @@ def from_args(cls: type, args: argparse.Namespace):
 
 
 
-def check_resume_config(path: str | Path, cfg: Any, may_change: tuple[str, ...], started: bool) -> None:
-    """Write ``cfg`` to ``path``. If a run that ``started`` (left checkpoints or rows) wrote one there, refuse a
-    config that differs in any field outside ``may_change``: resuming with other settings would silently mix two
-    experiments. A run that failed before producing anything does not bind the directory."""
+def check_resume_config(path: str | Path, cfg: Any, may_change: tuple[str, ...], started: bool,
+                        extra: dict | None = None) -> None:
+    """Write ``cfg`` (and ``extra``, e.g. fingerprints of the model weights and the data) to ``path``. If a run
+    that ``started`` (left checkpoints or rows) wrote one there, refuse a config that differs in any field outside
+    ``may_change``: resuming with other settings would silently mix two experiments. A run that failed before
+    producing anything does not bind the directory."""
+    from ranmask_jax.files import read_json
+
     path = Path(path)
-    now = dataclasses.asdict(cfg)
+    now = dataclasses.asdict(cfg) | (extra or {})
     if path.exists() and started:
-        # a field added after the run started counts as its default there
-        before = {f.name: f.default for f in dataclasses.fields(cfg)} | json.loads(path.read_text())
-        diff = [k for k in now if k not in may_change and before.get(k) != now[k]]
+        stored = read_json(path)
+        # a config field added after the run started counts as its default there; an extra key it lacks is unknown
+        before = {f.name: f.default for f in dataclasses.fields(cfg)} | stored
+        diff = [k for k in now if k not in may_change and (k in before) and before[k] != now[k]]
         if diff:
-            changes = ", ".join(f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in diff)
+            what = {"model_fingerprint": "the model weights", "data_fingerprint": "the selected data rows"}
+            changes = ", ".join(f"{what[k]} changed" if k in what else f"{k}: {before.get(k)!r} -> {now[k]!r}"
+                                for k in diff)
             raise ValueError(f"{path.parent} holds a run with a different config ({changes}); use a new output "
-                             "directory, or the same flags to resume")
+                             "directory, or the same flags, model and data to resume")
     path.write_text(json.dumps(now, indent=2) + "\n")

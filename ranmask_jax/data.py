@@ -22,9 +22,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import gzip
-import io
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -83,13 +83,26 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
 def _need(path: Path) -> Path:
     if not path.exists():
         raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a file")
     return path
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(_need(path)), encoding="utf-8")
-    return open(_need(path), encoding="utf-8", newline="")
+def _lines(path: Path, encoding: str = "utf-8") -> Iterator[str]:
+    """The decoded lines of a text file (optionally .gz), newlines kept. A byte-order mark is dropped; a byte that
+    is not valid in ``encoding`` is an error naming the file, line and column."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(_need(path), "rb") as f:
+        for i, raw in enumerate(f, 1):
+            if i == 1 and raw.startswith(b"\xef\xbb\xbf") and encoding.replace("_", "-").lower() in ("utf-8", "utf8"):
+                raw = raw[3:]
+            try:
+                yield raw.decode(encoding)
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{i}: byte 0x{raw[e.start]:02x} at column {e.start + 1} is not valid "
+                                f"{encoding} (pass --encoding, e.g. latin-1, if the file uses another one)") from None
+            except LookupError:
+                raise DataError(f"unknown --encoding {encoding!r}") from None
 
 
 def _clean(text: str, where: str) -> str:
@@ -99,38 +112,88 @@ def _clean(text: str, where: str) -> str:
     return text
 
 
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def canonical_label(raw, where: str) -> str:
+    """A label as a canonical string: numbers that are equal are the same label ("1", "1.0", 1, "+1" -> "1"); a
+    missing label (None, "", "null", "none", "nan") is an error."""
+    if raw is None or (isinstance(raw, float) and math.isnan(raw)):
+        raise DataError(f"{where}: missing label")
+    text = str(raw).strip().lower() if isinstance(raw, bool) else str(raw).strip()
+    if text.lower() in ("", "null", "none", "nan"):
+        raise DataError(f"{where}: missing label ({text!r})")
+    if _NUMBER.fullmatch(text):
+        value = float(text)
+        return str(int(value)) if value.is_integer() else repr(value)
+    return text
+
+
 class LabelMap:
-    """Label names <-> ids. Fixed names reject unknown labels; open maps grow in order of first appearance."""
+    """Label names <-> ids, by canonical name (``canonical_label``).
+
+    Fixed names (a run's, a preset's) reject unknown labels; a label that matches one name only up to case maps to
+    it; integer ids are accepted as ids only when no name is itself a number. Open maps grow in order of first
+    appearance and refuse two labels that differ only in case (almost always a data error)."""
 
     def __init__(self, names: list[str] | None = None, numeric_ok: bool = True):
-        self.names = list(names) if names else []
+        self.names = [canonical_label(n, "label names") for n in names] if names else []
         self.fixed = names is not None
-        self.numeric_ok = numeric_ok
+        self.numeric_ok = numeric_ok and not any(_NUMBER.fullmatch(n) for n in self.names)
 
     def __call__(self, raw, where: str) -> int:
-        raw_s = str(raw).strip()
-        if raw_s in self.names:
-            return self.names.index(raw_s)
-        if self.numeric_ok and re.fullmatch(r"-?\d+", raw_s) and self.fixed:
-            i = int(raw_s)
-            if 0 <= i < len(self.names):
-                return i
+        name = canonical_label(raw, where)
+        if name in self.names:
+            return self.names.index(name)
+        folded = [i for i, n in enumerate(self.names) if n.casefold() == name.casefold()]
         if self.fixed:
-            raise DataError(f"{where}: unknown label {raw_s!r}; known labels: {', '.join(self.names)}")
-        self.names.append(raw_s)
+            if len(folded) == 1:
+                return folded[0]
+            if self.numeric_ok and re.fullmatch(r"\d+", name) and int(name) < len(self.names):
+                return int(name)
+            raise DataError(f"{where}: unknown label {name!r}; known labels: {', '.join(self.names)}")
+        if folded:
+            raise DataError(f"{where}: label {name!r} differs only in case from label {self.names[folded[0]]!r}; "
+                            "labels are compared exactly: make them consistent")
+        self.names.append(name)
         return len(self.names) - 1
 
 
-def _tsv_rows(path: Path, n_fields: int, layout: str) -> Iterator[tuple[str, list[str]]]:
+def _tsv_rows(path: Path, n_fields: int, layout: str, encoding: str = "utf-8") -> Iterator[tuple[str, list[str]]]:
     """``(where, fields)`` for each non-blank line of a tab-separated file with exactly ``n_fields`` fields."""
-    with _open_text(path) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) != n_fields:
-                raise DataError(f"{path}:{i}: expected '{layout}', got {len(parts)} field(s)")
-            yield f"{path}:{i}", parts
+    for i, line in enumerate(_lines(path, encoding), 1):
+        if not line.strip():
+            continue
+        parts = line.rstrip("\r\n").split("\t")
+        if len(parts) != n_fields:
+            raise DataError(f"{path}:{i}: expected '{layout}', got {len(parts)} field(s)")
+        yield f"{path}:{i}", parts
+
+
+def _csv_records(path: Path, delimiter: str, encoding: str = "utf-8", multiline: bool = False
+                 ) -> Iterator[tuple[int, list[str]]]:
+    """``(line, fields)`` for each record of a CSV/TSV file, with the physical line it starts on. A record that
+    runs over several lines (a quote that opens a field and swallows newlines and delimiters: almost always a stray
+    quote) is an error naming the line where it opened, unless ``multiline`` fields are allowed. No field-size
+    limit."""
+    csv.field_size_limit(2**31 - 1)
+    reader = csv.reader(_lines(path, encoding), delimiter=delimiter, strict=True)
+    start = 1
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise DataError(f"{path}:{start}: malformed {'TSV' if delimiter == chr(9) else 'CSV'} record ({e}); a "
+                            "quote opened on this line may never close") from None
+        end = reader.line_num
+        if end > start and not multiline and fields:
+            raise DataError(f"{path}:{start}: a quoted field opened on this line runs on to line {end}, swallowing "
+                            f"{end - start} line break(s) (a stray quote?); fix the quoting, or pass "
+                            "--multiline-fields if fields really contain line breaks")
+        yield start, fields
+        start = end + 1
 
 
 def _split_holdout(examples: list[Example], split: str, size: int, seed: int = 0) -> list[Example]:
@@ -164,15 +227,14 @@ def _ag_news(root: Path, split: str) -> Dataset:
     out = []
     if split == "test":
         path = root / "ag_news" / "test.csv"
-        with _open_text(path) as f:
-            for i, row in enumerate(csv.reader(f), 1):
-                if len(row) != 3:
-                    raise DataError(f"{path}:{i}: expected 3 CSV fields (class, title, description), got {len(row)}")
-                where = f"{path}:{i}"
-                if not row[0].strip().isdigit() or not 1 <= int(row[0]) <= 4:
-                    raise DataError(f"{where}: class must be 1..4, got {row[0]!r}")
-                text = _clean(f"{row[1]} {row[2]}".replace("\\", " "), where)
-                out.append(Example(text, int(row[0]) - 1))
+        for i, row in _csv_records(path, ","):
+            if len(row) != 3:
+                raise DataError(f"{path}:{i}: expected 3 CSV fields (class, title, description), got {len(row)}")
+            where = f"{path}:{i}"
+            if not row[0].strip().isdigit() or not 1 <= int(row[0]) <= 4:
+                raise DataError(f"{where}: class must be 1..4, got {row[0]!r}")
+            text = _clean(f"{row[1]} {row[2]}".replace("\\", " "), where)
+            out.append(Example(text, int(row[0]) - 1))
         return Dataset("ag_news", split, out, labels.names, str(path))
     path = root / "ag_news" / "train.tsv"
     out = [Example(_clean(text, where), labels(label, where))
@@ -205,20 +267,39 @@ PRESETS = {"sst2": _sst2, "ag_news": _ag_news, "imdb": _imdb, "snli": _snli}
 
 
 # ---- generic local files ----------------------------------------------------------------------------------------
-def _jsonl_rows(path: Path, text_field: str, pair_field: str | None, label_field: str,
-                labels: LabelMap) -> Iterator[tuple[str, int, str | None]]:
-    with _open_text(path) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{i}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: malformed JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object")
-            yield _fields(row, where, text_field, pair_field, label_field, labels)
+def _jsonl_rows(path: Path, text_field: str, pair_field: str | None, label_field: str, labels: LabelMap,
+                encoding: str = "utf-8") -> Iterator[tuple[str, int, str | None]]:
+    for i, line in enumerate(_lines(path, encoding), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{i}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            hint = " (a .jsonl file holds one JSON object per line)" if line.lstrip().startswith("[") else ""
+            raise DataError(f"{where}: malformed JSON ({e.msg}){hint}") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object")
+        yield _fields(row, where, text_field, pair_field, label_field, labels)
+
+
+def _json_array_rows(path: Path, text_field: str, pair_field: str | None, label_field: str, labels: LabelMap,
+                     encoding: str = "utf-8") -> Iterator[tuple[str, int, str | None]]:
+    """A .json file: one JSON array of objects. Errors name the line (parse errors) or the item."""
+    text = "".join(_lines(path, encoding))
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg}); a .json file must hold one JSON array of "
+                        "objects (name the file .jsonl for one object per line)") from None
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON array of objects, got a JSON {type(data).__name__} (name the file "
+                        ".jsonl for one object per line)")
+    for i, row in enumerate(data):
+        where = f"{path} item {i}"
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        yield _fields(row, where, text_field, pair_field, label_field, labels)
 
 
 def _fields(row: dict, where: str, text_field: str, pair_field: str | None, label_field: str,
@@ -226,42 +307,62 @@ def _fields(row: dict, where: str, text_field: str, pair_field: str | None, labe
     for fld in (text_field, label_field, pair_field):
         if fld is not None and fld not in row:
             raise DataError(f"{where}: missing field {fld!r} (fields: {', '.join(map(str, row))})")
+    for fld in (text_field, pair_field):
+        value = row.get(fld) if fld is not None else None
+        if value is not None and (not isinstance(value, str | int | float) or isinstance(value, bool)):
+            raise DataError(f"{where} field {fld!r}: expected text, got a JSON {type(value).__name__}")
     text = _clean(str(row[text_field] or ""), f"{where} field {text_field!r}")
     pair = _clean(str(row[pair_field] or ""), f"{where} field {pair_field!r}") if pair_field else None
     return text, labels(row[label_field], f"{where} field {label_field!r}"), pair
 
 
-def load_file(path: str | os.PathLike, *, text_field: str = "text", pair_field: str | None = None,
-              label_field: str = "label", label_names: list[str] | None = None, split: str = "file") -> Dataset:
-    """A CSV / TSV (with a header row) or JSONL (optionally .gz) file of labelled texts.
+FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".csv.gz", ".tsv.gz", ".jsonl.gz")
 
-    Labels may be names or ids; with ``label_names`` given, labels outside it are errors, otherwise names are
-    numbered in order of first appearance (integer labels sort numerically)."""
+
+def is_file_dataset(name: str) -> bool:
+    return name.endswith(FILE_SUFFIXES) or (name not in PRESETS and Path(name).expanduser().is_file())
+
+
+def load_file(path: str | os.PathLike, *, text_field: str = "text", pair_field: str | None = None,
+              label_field: str = "label", label_names: list[str] | None = None, split: str = "file",
+              encoding: str = "utf-8", multiline_fields: bool = False) -> Dataset:
+    """A CSV / TSV (with a header row), JSONL (one object per line; optionally .gz) or JSON (one array of objects)
+    file of labelled texts.
+
+    Labels may be names or ids; with ``label_names`` given (a run's), labels are mapped to them by name and
+    others are errors; otherwise names are numbered in order of first appearance (integer labels sort
+    numerically). Numbers that are equal are the same label ("1" and "1.0")."""
     p = Path(path).expanduser()
     _need(p)
     suffixes = "".join(p.suffixes[-2:]) if p.suffix == ".gz" else p.suffix
     labels = LabelMap(label_names)
-    if suffixes in (".jsonl", ".jsonl.gz", ".json"):
-        rows = list(_jsonl_rows(p, text_field, pair_field, label_field, labels))
+    if suffixes in (".jsonl", ".jsonl.gz"):
+        rows = list(_jsonl_rows(p, text_field, pair_field, label_field, labels, encoding))
+    elif suffixes == ".json":
+        rows = list(_json_array_rows(p, text_field, pair_field, label_field, labels, encoding))
     elif suffixes in (".csv", ".tsv", ".csv.gz", ".tsv.gz"):
-        with _open_text(p) as f:
-            reader = csv.DictReader(f, delimiter="\t" if ".tsv" in suffixes else ",")
-            if reader.fieldnames is None:
-                raise DataError(f"{p}: empty file (expected a header row)")
-            rows = []
-            for i, row in enumerate(reader, 2):
-                if None in row:
-                    raise DataError(f"{p}:{i}: more fields than the header's {len(reader.fieldnames)}")
-                if any(v is None for v in row.values()):
-                    raise DataError(f"{p}:{i}: fewer fields than the header's {len(reader.fieldnames)}")
-                rows.append(_fields(row, f"{p}:{i}", text_field, pair_field, label_field, labels))
+        records = _csv_records(p, "\t" if ".tsv" in suffixes else ",", encoding, multiline_fields)
+        try:
+            _, header = next(records)
+        except StopIteration:
+            raise DataError(f"{p}: empty file (expected a header row)") from None
+        header = [h.strip() for h in header]
+        rows = []
+        for i, fields in records:
+            if not any(f.strip() for f in fields):
+                continue
+            if len(fields) != len(header):
+                more = "more" if len(fields) > len(header) else "fewer"
+                raise DataError(f"{p}:{i}: {more} fields ({len(fields)}) than the header's {len(header)}")
+            rows.append(_fields(dict(zip(header, fields, strict=True)), f"{p}:{i}", text_field, pair_field,
+                                label_field, labels))
     else:
-        raise DataError(f"{p}: unsupported file type {suffixes!r} (use .csv, .tsv, .jsonl, optionally .gz)")
+        raise DataError(f"{p}: unsupported file type {suffixes!r} (use .csv, .tsv, .jsonl, .json, optionally .gz)")
     if not rows:
         raise DataError(f"{p}: no examples")
     names = labels.names
-    if label_names is None and all(re.fullmatch(r"-?\d+", n) for n in names):
-        order = sorted(names, key=int)  # integer labels keep their numeric order
+    if label_names is None and all(_NUMBER.fullmatch(n) for n in names):
+        order = sorted(names, key=float)  # numeric labels keep their numeric order
         remap = {names.index(n): j for j, n in enumerate(order)}
         rows = [(t, remap[lab], pr) for t, lab, pr in rows]
         names = order
@@ -313,21 +414,42 @@ def _remote(spec: str, split: str, text_field: str | None, pair_field: str | Non
 
 # ---- entry point --------------------------------------------------------------------------------------------------
 def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = None, *, text_field: str | None = None,
-                 pair_field: str | None = None, label_field: str = "label",
-                 label_names: list[str] | None = None) -> Dataset:
+                 pair_field: str | None = None, label_field: str = "label", label_names: list[str] | None = None,
+                 encoding: str = "utf-8", multiline_fields: bool = False) -> Dataset:
     """Load ``split`` of ``name``: a preset (sst2, ag_news, imdb, snli) from ``data_dir``, a local file path
-    (``split`` is then a label for the rows), or ``tfds:NAME[/CONFIG]`` / ``hf:NAME[/CONFIG]``."""
+    (``split`` is then a label for the rows), or ``tfds:NAME[/CONFIG]`` / ``hf:NAME[/CONFIG]``.
+
+    ``label_names`` (a trained run's): every dataset's labels are mapped to these by name, whatever order the
+    dataset lists them in; a dataset with a label the run does not know is refused with both lists."""
     if name in PRESETS:
         ds = PRESETS[name](resolve_data_dir(data_dir), split)
     elif name.startswith(("tfds:", "hf:")):
         ds = _remote(name, split, text_field, pair_field, label_field)
-    elif Path(name).expanduser().suffix in (".csv", ".tsv", ".jsonl", ".json", ".gz") or Path(name).exists():
+    elif is_file_dataset(name):
         ds = load_file(name, text_field=text_field or "text", pair_field=pair_field, label_field=label_field,
-                       label_names=label_names, split=split)
+                       label_names=label_names, split=split, encoding=encoding, multiline_fields=multiline_fields)
     else:
-        raise DataError(f"unknown dataset {name!r}: use a preset ({', '.join(PRESETS)}), a .csv/.tsv/.jsonl file, "
-                        "or tfds:NAME / hf:NAME")
+        raise DataError(f"unknown dataset {name!r}: use a preset ({', '.join(PRESETS)}), a .csv/.tsv/.jsonl/.json "
+                        "file, or tfds:NAME / hf:NAME")
     if not ds.examples:
         raise DataError(f"{ds.source}: split {split!r} has no examples")
+    if label_names is not None:
+        ds = relabel(ds, label_names)
     log.info("loaded %s/%s: %d examples, labels %s", ds.name, split, len(ds), ds.label_names)
     return ds
+
+
+def relabel(ds: Dataset, names: list[str]) -> Dataset:
+    """``ds`` with its labels numbered as ``names`` (a run's label map), matched by canonical name; refused when a
+    label of ``ds`` is not among ``names``."""
+    target = LabelMap(names)
+    try:
+        new_id = [target(n, ds.source) for n in ds.label_names]
+    except DataError:
+        raise DataError(f"{ds.source}: its labels {ds.label_names} do not match the model's {target.names}; "
+                        "certify with the dataset the model was trained on, or a file with the same label names") \
+            from None
+    if new_id == list(range(len(ds.label_names))) and len(ds.label_names) == len(target.names):
+        return ds
+    examples = [dataclasses.replace(e, label=new_id[e.label]) for e in ds.examples]
+    return dataclasses.replace(ds, examples=examples, label_names=target.names)

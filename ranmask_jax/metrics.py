@@ -104,35 +104,56 @@ def markdown_table(summary: dict, title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_certified_accuracy(curves: dict[str, dict], path: str, title: str = "") -> None:
-    """PNG plot of certified accuracy against radius d, one step curve per labelled summary."""
+def certified_accuracy_band(ca: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Two-sided Clopper-Pearson interval for a certified accuracy measured on ``n`` texts."""
+    from scipy import stats
+
+    k, a = round(ca * n), (1 - level) / 2
+    lo = 0.0 if k == 0 else float(stats.beta.ppf(a, k, n - k + 1))
+    hi = 1.0 if k == n else float(stats.beta.ppf(1 - a, k + 1, n - k))
+    return lo, hi
+
+
+def plot_certified_accuracy(curves: dict[str, dict], path, title: str = "", n: int | None = None) -> list[str]:
+    """Certified accuracy against the radius d, one step curve per labelled summary, with a 95% Clopper-Pearson
+    band over the texts; written as ``path`` + ``.png`` (200 dpi) and ``.pdf``. ``n`` (texts) is read from each
+    summary or given. Returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    max_d = 0
     for label, summary in curves.items():
         ca = {int(k): v for k, v in summary["certified_accuracy"].items()}
         ds = sorted(ca)
         if not ds:
             continue
+        count = summary.get("n", n)
         xs = ds + [ds[-1] + 1]
         ys = [ca[d] for d in ds] + [0.0]
-        ax.step(xs, ys, where="post", label=label)
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        line = ax.step(xs, ys, where="post", label=f"{label} (n = {count})" if count else label)[0]
+        if count:
+            lo, hi = zip(*(certified_accuracy_band(y, count) for y in ys), strict=True)
+            ax.fill_between(xs, lo, hi, step="post", color=line.get_color(), alpha=0.15, linewidth=0)
+        max_d = max(max_d, xs[-1])
+    ax.set_xticks(range(0, max_d + 1, max(1, math.ceil((max_d + 1) / 12))))  # integers over the whole range
+    ax.set_xlim(-0.2, max_d + 0.2)
     ax.set_xlabel("radius d (words changed)")
     ax.set_ylabel("certified accuracy")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title)
-    ax.legend()
+    ax.legend(fontsize=7, title="shaded: 95% interval over texts", title_fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
+    stem = str(path)[:-4] if str(path).endswith((".png", ".pdf")) else str(path)
+    written = [f"{stem}.png", f"{stem}.pdf"]
+    fig.savefig(written[0], dpi=200)
+    fig.savefig(written[1])
     plt.close(fig)
+    return written
 
 
 def rescore(rows: list[Mapping], beta: str = "one", alpha: float = 0.05) -> list[dict]:

@@ -28,7 +28,7 @@ from flax import nnx
 
 from ranmask_jax import distributed
 from ranmask_jax.config import TrainConfig, check_resume_config
-from ranmask_jax.data import Dataset, load_dataset
+from ranmask_jax.data import DataError, Dataset, is_file_dataset, load_dataset
 from ranmask_jax.masking import PAD, EncodedText, bucket, build_masked, check_max_len, encode, keep_count, sample_keep
 from ranmask_jax.models import export_pretrained, load_pretrained
 from ranmask_jax.models.pretrained import RUN_META
@@ -42,6 +42,17 @@ RESUMABLE_CHANGES = ("data_dir", "log_every", "allow_pickle")
 
 class TrainingError(RuntimeError):
     pass
+
+
+def _check_writable(directory: Path) -> None:
+    """Fail before the first step, not at the first checkpoint, when checkpoints cannot be written."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"{directory}: cannot write checkpoints there ({e.strerror or e})") from None
 
 
 @dataclasses.dataclass
@@ -144,21 +155,24 @@ class Trainer:
         n_dev = self.mesh.devices.size
         if cfg.batch_size % n_dev:
             raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of the {n_dev} devices")
-        self.out.mkdir(parents=True, exist_ok=True)
-        started = (self.out / "checkpoints").is_dir() and any((self.out / "checkpoints").iterdir())
+        _check_writable(self.out / "checkpoints")
+        started = any((self.out / "checkpoints").iterdir())
         check_resume_config(self.out / "train_config.json", cfg, RESUMABLE_CHANGES, started)
-        self.train_ds = load_dataset(cfg.dataset, cfg.train_split, cfg.data_dir, text_field=cfg.text_field,
-                                     pair_field=cfg.pair_field, label_field=cfg.label_field)
+        files = {"text_field": cfg.text_field, "pair_field": cfg.pair_field, "label_field": cfg.label_field,
+                 "encoding": cfg.encoding, "multiline_fields": cfg.multiline_fields}
+        self.train_ds = load_dataset(cfg.dataset, cfg.train_split, cfg.data_dir, **files)
+        if self.train_ds.num_labels < 2:
+            raise DataError(f"{self.train_ds.source}: the training data has {self.train_ds.num_labels} label "
+                            f"({', '.join(self.train_ds.label_names)}); a classifier needs at least two")
         self.dev_ds = None
         if cfg.dev_split:
             dev_name = cfg.dev_file or cfg.dataset
-            is_file = Path(cfg.dataset).suffix in (".csv", ".tsv", ".jsonl", ".gz")
+            is_file = is_file_dataset(cfg.dataset)
             if is_file and not cfg.dev_file:
                 log.info("file dataset without --dev-file: no dev evaluation; the last step's model is kept")
             else:
-                self.dev_ds = load_dataset(dev_name, cfg.dev_split, cfg.data_dir, text_field=cfg.text_field,
-                                           pair_field=cfg.pair_field, label_field=cfg.label_field,
-                                           label_names=self.train_ds.label_names if is_file else None)
+                self.dev_ds = load_dataset(dev_name, cfg.dev_split, cfg.data_dir, label_names=self.train_ds.label_names,
+                                           **files)
         dropout = {} if cfg.dropout is None else {"hidden_dropout_prob": cfg.dropout,
                                                    "attention_probs_dropout_prob": cfg.dropout}
         model, self.tokenizer, mcfg = load_pretrained(cfg.model, num_labels=self.train_ds.num_labels, seed=cfg.seed,
@@ -271,18 +285,31 @@ class Trainer:
         mgr.wait_until_finished()
 
     def _restore(self, mgr) -> tuple[int, dict]:
+        """Resume from the latest readable checkpoint. An unreadable one (a run killed while writing it, a damaged
+        disk) is moved to ``corrupt-checkpoints/`` with a warning, and the one before it is tried."""
+        import shutil
+
         import orbax.checkpoint as ocp
 
-        step = mgr.latest_step()
-        if step is None:
-            return 0, {"best": None, "best_step": None}
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"params": self.params, "opt_state": self.opt_state})
-        got = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                                        progress=ocp.args.JsonRestore()))
-        self.params = distributed.replicate(got["state"]["params"], self.mesh)
-        self.opt_state = distributed.replicate(got["state"]["opt_state"], self.mesh)
-        log.info("resumed %s from step %d", self.out, step)
-        return step, dict(got["progress"])
+        for step in sorted(mgr.all_steps(), reverse=True):
+            try:
+                got = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                                progress=ocp.args.JsonRestore()))
+            except Exception as e:  # orbax/tensorstore raise many types for a damaged checkpoint
+                bad = self.out / "corrupt-checkpoints" / str(step)
+                log.warning("checkpoint of step %d is unreadable (%s: %s); moved to %s, trying the previous one",
+                            step, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "", bad)
+                bad.parent.mkdir(exist_ok=True)
+                shutil.rmtree(bad, ignore_errors=True)
+                shutil.move(str(self.out / "checkpoints" / str(step)), str(bad))
+                mgr.reload()
+                continue
+            self.params = distributed.replicate(got["state"]["params"], self.mesh)
+            self.opt_state = distributed.replicate(got["state"]["opt_state"], self.mesh)
+            log.info("resumed %s from step %d", self.out, step)
+            return step, dict(got["progress"])
+        return 0, {"best": None, "best_step": None}
 
     def _export_best(self, step: int, scores: dict) -> None:
         model = nnx.merge(self.eval_graphdef, self.params, self.rest)
@@ -354,7 +381,10 @@ class Trainer:
         metrics_file.close()
         if not (self.out / RUN_META).exists():  # resumed after the last epoch end without a model export
             self._export_best(step, last_eval)
-        return {"steps": step, "best": progress["best"], "best_step": progress["best_step"], **last_eval}
+        metric = "dev_smoothed_accuracy" if self.cfg.eval_n > 0 else "dev_masked_accuracy"
+        return {"steps": step, "kept_model": f"step {progress['best_step']}, the best {metric} "
+                f"({progress['best']})" if progress["best"] is not None else "the last step (no dev split)",
+                "last_evaluation": last_eval}
 
 
 def train(cfg: TrainConfig) -> dict:

@@ -112,7 +112,16 @@ def test_summary_matches_paper_definitions():
     assert s["certified_accuracy"] == {0: 0.6, 1: 0.6, 2: 0.4, 3: 0.2}
     assert median_certified([float("-inf")] * 3 + [1.0]) == float("-inf")
     assert summarize(rows[:2] + rows[2:3])["mcb_largest"] is None  # mostly misclassified: N/A
-    assert "| 5 | 60.0 | 1 |" in markdown_table(s)
+    table = markdown_table(s)
+    assert "5 texts, accuracy of g 60.0%" in table and "| radius | 1 | 10.00 | 2 | 15.00 |" in table
+    assert "| radius | 60.0 | 60.0 | 40.0 | 20.0 |" in table
+    # rows with both radii: one line per beta, the rigorous one first
+    both = [dict(r, radius_one=max(r["radius"] - 1, -1), radius_pc=r["radius"]) for r in rows]
+    s2 = summarize(both)
+    assert s2["by_beta"]["one"]["mcb_largest"] == 0 and s2["by_beta"]["pc"]["mcb_largest"] == 1
+    lines = markdown_table(s2).splitlines()
+    assert lines.index("| beta = 1 (rigorous) | 0 | 0.00 | 1 | 10.00 |") < \
+        lines.index("| beta = p_c (paper, estimate) | 1 | 10.00 | 2 | 15.00 |")
 
 
 def test_rescore_to_beta_one_matches_direct_certificates():

@@ -9,7 +9,6 @@ All problems (missing, unexpected and mis-shaped keys) are collected and raised 
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
+from ranmask_jax.files import read_json
 from ranmask_jax.models.bert import Head, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -131,14 +131,21 @@ def read_checkpoint(model_dir: str | Path, *, allow_pickle: bool = False) -> dic
     Reads ``model.safetensors`` or a sharded ``model.safetensors.index.json``. Pickled ``pytorch_model.bin``
     files can execute code when loaded, so they are refused unless ``allow_pickle=True``.
     """
-    from safetensors.numpy import load_file
+    from safetensors.numpy import load_file as _load
+
+    def load_file(path: Path) -> dict[str, np.ndarray]:
+        try:
+            return _load(path)
+        except Exception as e:  # safetensors raises its own error types for a damaged file
+            raise CheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:200] if str(e) else 'damaged'})") from None
 
     d = Path(model_dir)
     single, index, pickled = d / "model.safetensors", d / "model.safetensors.index.json", d / "pytorch_model.bin"
     if single.exists():
         tensors = load_file(single)
     elif index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        shards = sorted(set(read_json(index)["weight_map"].values()))
         tensors = {}
         for shard in shards:
             tensors.update(load_file(d / shard))

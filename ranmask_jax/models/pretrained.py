@@ -12,6 +12,7 @@ from typing import Any
 from flax import nnx
 from safetensors.numpy import save_file
 
+from ranmask_jax.files import read_json
 from ranmask_jax.models.bert import Head, ModelConfig, build_model
 from ranmask_jax.models.params import load_into, read_checkpoint, to_hf_tensors
 
@@ -60,7 +61,7 @@ def resolve(name_or_path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     p = Path(name).expanduser()
     if p.is_dir():
         if (p / RUN_META).exists():
-            meta = json.loads((p / RUN_META).read_text())
+            meta = read_json(p / RUN_META)
             return p / meta.get("model_dir", "model"), meta
         if not (p / "config.json").exists():
             raise FileNotFoundError(f"{p}: not a model directory (no config.json) and not a ranmask-jax run "
@@ -69,7 +70,8 @@ def resolve(name_or_path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     if p.exists():
         raise NotADirectoryError(f"{p}: expected a model directory, got a file")
     is_hub_id = re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) is not None and not name.startswith(".")
-    if not is_hub_id:
+    if not is_hub_id or p.parent.is_dir() and p.parent != Path("."):
+        # "runs/sst2" with a runs/ directory here is a path that does not exist, not a hub id
         raise FileNotFoundError(f"{p}: no such directory. Built-in models: {', '.join(BUILTIN)}")
     return _hub_dir(name), {}
 

@@ -1,0 +1,352 @@
+"""Bad input and faults: each gets one clear error line (exit code 2) naming the file, line, field or flag, and
+no result is ever lost or mislabelled. Adding a case is one line in a table."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ranmask_jax import cli
+from ranmask_jax.data import DataError, load_dataset, load_file
+from ranmask_jax.files import FileError, RowFile
+from tests.test_train import ROOT, run_cli, tiny_setup, train_args, trained_run  # noqa: F401  (fixtures)
+
+# ---- data files: (file name, content, loader keyword arguments, expected error fragment) --------------------------
+BAD_FILES = [
+    ("stray.csv", 'text,label\ngood film,pos\n"bad film,neg\nfine,pos\nok",neg\nlast,pos\n', {},
+     r'stray\.csv:3: a quoted field opened on this line runs on to line 5'),
+    ("late.csv", 'text,label\ngood,pos\nbad,neg\n"unclosed,neg\n', {}, r"late\.csv:4: .* may never close"),
+    ("latin.tsv", b"text\tlabel\ngood\tpos\ncaf\xe9 au lait\tneg\n", {},
+     r"latin\.tsv:3: byte 0xe9 at column 4 is not valid utf-8 \(pass --encoding"),
+    ("null.jsonl", '{"text": "a", "label": "pos"}\n{"text": "b", "label": null}\n', {},
+     r"null\.jsonl:2 field 'label': missing label"),
+    ("nullstr.csv", "text,label\na,pos\nb,null\n", {}, r"nullstr\.csv:3 field 'label': missing label \('null'\)"),
+    ("case.jsonl", '{"text": "a", "label": "positive"}\n{"text": "b", "label": "Positive"}\n', {},
+     r"case\.jsonl:2 field 'label': label 'Positive' differs only in case from label 'positive'"),
+    ("lines.json", '{"text": "a", "label": 1}\n{"text": "b", "label": 0}\n', {},
+     r"lines\.json:2: malformed JSON .*name the file \.jsonl"),
+    ("object.json", '{"text": "a", "label": 1}', {},
+     r"object\.json: expected a JSON array of objects, got a JSON dict"),
+    ("items.json", '[{"text": "a", "label": 1}, ["b", 0]]', {}, r"items\.json item 1: expected a JSON object"),
+    ("nested.jsonl", '{"text": {"a": 1}, "label": 1}\n', {}, r"nested\.jsonl:1 field 'text': expected text"),
+    ("unknown.csv", "text,label\na,pos\nb,meh\n", {"label_names": ["neg", "pos"]},
+     r"unknown\.csv:3 field 'label': unknown label 'meh'; known labels: neg, pos"),
+    ("short.csv", "text,label\na,pos\nb\n", {}, r"short\.csv:3: fewer fields \(1\) than the header's 2"),
+    ("dir.jsonl/", None, {}, r"is a directory"),
+    ("enc.tsv", "text\tlabel\na\tpos\n", {"encoding": "klingon"}, r"unknown --encoding 'klingon'"),
+]
+
+
+@pytest.mark.parametrize("name,content,kw,message", BAD_FILES, ids=[c[0] for c in BAD_FILES])
+def test_bad_files_name_file_and_line(tmp_path, name, content, kw, message):
+    p = tmp_path / name.rstrip("/")
+    if content is None:
+        p.mkdir()
+    elif isinstance(content, bytes):
+        p.write_bytes(content)
+    else:
+        p.write_text(content)
+    with pytest.raises(DataError, match=message):
+        load_file(p, **kw)
+
+
+def test_good_files_that_used_to_fail(tmp_path):
+    # a byte-order mark does not hide the first column
+    (tmp_path / "bom.csv").write_bytes("\ufefftext,label\ngood,pos\nbad,neg\n".encode())
+    assert len(load_file(tmp_path / "bom.csv")) == 2
+    # another encoding on request
+    (tmp_path / "latin.tsv").write_bytes(b"text\tlabel\ncaf\xe9\tpos\nbad\tneg\n")
+    assert load_file(tmp_path / "latin.tsv", encoding="latin-1").examples[0].text == "caf\u00e9"
+    # a 50k-word field: no field-size surprise
+    (tmp_path / "long.csv").write_text("text,label\n" + '"' + " ".join(["word"] * 50000) + '",pos\nshort,neg\n')
+    assert len(load_file(tmp_path / "long.csv").examples[0].text.split()) == 50000
+    # fields with line breaks, when asked for
+    (tmp_path / "multi.csv").write_text('text,label\n"line one\nline two",pos\nx,neg\n')
+    with pytest.raises(DataError, match="multi.csv:2"):
+        load_file(tmp_path / "multi.csv")
+    assert load_file(tmp_path / "multi.csv", multiline_fields=True).examples[0].text == "line one line two"
+    # a .json array of objects
+    (tmp_path / "a.json").write_text(json.dumps([{"text": "a", "label": "pos"}, {"text": "b", "label": "neg"}]))
+    ds = load_file(tmp_path / "a.json", label_names=["neg", "pos"])
+    assert [e.label for e in ds.examples] == [1, 0]
+
+
+def test_numeric_labels_are_one_label_whatever_their_spelling(tmp_path):
+    (tmp_path / "n.jsonl").write_text("".join(json.dumps({"text": t, "label": lab}) + "\n" for t, lab in
+                                              [("a", "1.0"), ("b", 0), ("c", "1"), ("d", 0.0), ("e", "+1")]))
+    ds = load_file(tmp_path / "n.jsonl")
+    assert ds.label_names == ["0", "1"] and [e.label for e in ds.examples] == [1, 0, 1, 0, 1]
+    # a run trained on "1.0"/"0.0" scores an integer 1 as "1.0", not as id 1
+    ds = load_file(tmp_path / "n.jsonl", label_names=["1.0", "0.0"])
+    assert [e.label for e in ds.examples] == [0, 1, 0, 1, 0]
+
+
+def test_a_run_label_map_is_applied_by_name(tmp_path):
+    # the same labels in another order: mapped by name, not by position
+    (tmp_path / "r.json").write_text(json.dumps([{"text": "x", "label": "pos"}, {"text": "y", "label": "neg"}]))
+    ds = load_dataset(str(tmp_path / "r.json"), "test", label_names=["neg", "pos"])
+    assert ds.label_names == ["neg", "pos"] and [e.label for e in ds.examples] == [1, 0]
+    # a preset whose labels the run does not have is refused with both lists
+    (tmp_path / "sst2").mkdir()
+    (tmp_path / "sst2" / "test.txt").write_text("fine\t1\nbad\t0\n")
+    with pytest.raises(DataError, match=r"labels \['negative', 'positive'\] do not match the model's \['1', '0'\]"):
+        load_dataset("sst2", "test", tmp_path, label_names=["1.0", "0.0"])
+    assert load_dataset("sst2", "test", tmp_path, label_names=["Positive", "Negative"]).examples[0].label == 0
+
+
+# ---- the command lines: (argv, expected fragment of the one error line) --------------------------------------------
+CERTIFY_FLAG_ERRORS = [
+    (["--mask-side", "bogus"], "mask_side must be first, second or both, got 'bogus'"),
+    (["--beta", "mc", "--n-r", "0"], "n_r must be >= 1, got 0"),
+    (["--batch-size", "0"], "batch_size must be >= 1, got 0"),
+    (["--min-keep", "-5"], "min_keep must be >= 0, got -5"),
+    (["--exact-threshold", "-5"], "exact_threshold must be >= 0, got -5"),
+    (["--max-len", "0"], "max_len must be >= 1, got 0"),
+    (["--rho", "1.5"], "rho must be in [0, 1], got 1.5"),
+    (["--beta", "two"], "beta must be pc, one or mc, got 'two'"),
+]
+
+
+@pytest.mark.parametrize("argv,message", CERTIFY_FLAG_ERRORS, ids=[" ".join(c[0]) for c in CERTIFY_FLAG_ERRORS])
+def test_bad_certify_flags(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        cli.certify_main(["--run-dir", "r", "--out", "o", *argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+TRAIN_FLAG_ERRORS = [
+    (["--mask-side", "bogus"], "mask_side must be first, second or both"),
+    (["--min-keep", "-5"], "min_keep must be >= 0, got -5"),
+    (["--max-len", "0"], "max_len must be >= 1, got 0"),
+    (["--batch-size", "0"], "batch_size must be >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize("argv,message", TRAIN_FLAG_ERRORS, ids=[" ".join(c[0]) for c in TRAIN_FLAG_ERRORS])
+def test_bad_train_flags(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        cli.train_main(["--out-dir", "o", *argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_help_shows_each_default_once(capsys):
+    with pytest.raises(SystemExit):
+        cli.certify_main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())  # help lines wrap
+    assert "(default: 5000)" in out and "(default: 5000) (default: 5000)" not in out
+
+
+def _one_error_line(code, err):
+    assert code == 2, err[-2000:]
+    assert "Traceback" not in err
+    return [x for x in err.splitlines() if x.startswith("error:")][0]
+
+
+def _copy_run(trained_run, tmp_path):  # noqa: F811
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("checkpoints", "certify*"))
+    return run
+
+
+DAMAGED = [  # (file in the run directory, new content, expected fragment)
+    ("model/model.safetensors", b"\x00\x01garbage", "model.safetensors: not a readable safetensors file"),
+    ("ranmask_run.json", b'{"rho": 0.3,', "ranmask_run.json: damaged JSON"),
+    ("model/config.json", b"{nope", "config.json: not valid JSON"),
+]
+
+
+@pytest.mark.parametrize("name,content,message", DAMAGED, ids=[d[0] for d in DAMAGED])
+def test_damaged_run_files(capsys, trained_run, tmp_path, name, content, message):  # noqa: F811
+    run = _copy_run(trained_run, tmp_path)
+    (run / name).write_bytes(content)
+    code = cli.certify_main(["--run-dir", str(run), "--predict", str(_texts(tmp_path))])
+    assert message in _one_error_line(code, capsys.readouterr().err)
+
+
+def _texts(tmp_path):
+    p = tmp_path / "texts.txt"
+    p.write_text("a good film\n")
+    return p
+
+
+def test_pickle_refusal_points_to_a_flag_certify_has(capsys, trained_run, tmp_path):  # noqa: F811
+    run = _copy_run(trained_run, tmp_path)
+    (run / "model" / "model.safetensors").unlink()
+    (run / "model" / "pytorch_model.bin").write_bytes(b"not really")
+    code = cli.certify_main(["--run-dir", str(run), "--predict", str(_texts(tmp_path))])
+    assert "--allow-pickle" in _one_error_line(code, capsys.readouterr().err)
+    with pytest.raises(SystemExit):
+        cli.certify_main(["--help"])
+    assert "--allow-pickle" in capsys.readouterr().out
+
+
+def test_missing_relative_run_dir_is_not_a_hub_download(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    code = cli.certify_main(["--run-dir", "runs/sst2", "--predict", str(_texts(tmp_path))])
+    line = _one_error_line(code, capsys.readouterr().err)
+    assert "runs/sst2: no such directory" in line and "hub" not in line
+
+
+def test_damaged_certify_config(capsys, trained_run, tiny_setup, tmp_path):  # noqa: F811
+    out = tmp_path / "c"
+    out.mkdir()
+    (out / "certify.jsonl").write_text('{"index": 0, "correct": true}\n')
+    (out / "certify_config.json").write_text("{")
+    code = cli.certify_main(_certify_argv(trained_run, tiny_setup, out))
+    assert "certify_config.json: damaged JSON" in _one_error_line(code, capsys.readouterr().err)
+
+
+def test_damaged_train_config(capsys, tiny_setup, tmp_path):  # noqa: F811
+    out = tmp_path / "t"
+    (out / "checkpoints" / "2").mkdir(parents=True)
+    (out / "train_config.json").write_text("[1, 2")
+    code = cli.train_main(train_args(tiny_setup, out))
+    assert "train_config.json: damaged JSON" in _one_error_line(code, capsys.readouterr().err)
+
+
+def test_single_label_training_data_is_refused(capsys, tiny_setup, tmp_path):  # noqa: F811
+    one = tmp_path / "one.jsonl"
+    one.write_text("".join(json.dumps({"text": f"text {i}", "label": "pos"}) + "\n" for i in range(40)))
+    code = cli.train_main(train_args(tiny_setup, tmp_path / "t", "--dataset", str(one)))
+    assert "one.jsonl: the training data has 1 label (pos); a classifier needs at least two" in \
+        _one_error_line(code, capsys.readouterr().err)
+
+
+def test_unwritable_checkpoint_directory_fails_before_training(capsys, tiny_setup, tmp_path):  # noqa: F811
+    out = tmp_path / "t"
+    out.mkdir()
+    (out / "checkpoints").write_text("a file where the checkpoint directory should be")
+    t0 = time.perf_counter()
+    code = cli.train_main(train_args(tiny_setup, out))
+    assert "cannot write checkpoints there" in _one_error_line(code, capsys.readouterr().err)
+    assert time.perf_counter() - t0 < 60
+
+
+# ---- results: never lost, never counted twice ------------------------------------------------------------------------
+def _certify_argv(run, setup, out, *extra):
+    return ["--run-dir", str(run), "--dataset", setup["dev"], "--split", "dev", "--out", str(out), "--n0", "10",
+            "--n", "40", "--batch-size", "16", "--num-examples", "6", "--seed", "1", *extra]
+
+
+def test_a_second_run_into_the_same_output_is_refused(capsys, trained_run, tiny_setup, tmp_path):  # noqa: F811
+    out = tmp_path / "c"
+    with RowFile(out / "certify.jsonl"):  # another run holds it
+        code = cli.certify_main(_certify_argv(trained_run, tiny_setup, out))
+    assert "another run is writing certify.jsonl" in _one_error_line(code, capsys.readouterr().err)
+    assert not (out / "certify_config.json").exists()
+
+
+def test_duplicate_rows_are_an_error(tmp_path):
+    p = tmp_path / "certify.jsonl"
+    p.write_text('{"index": 3}\n{"index": 5}\n{"index": 3}\n')
+    with pytest.raises(FileError, match=r"certify\.jsonl:3: a second row for index 3 \(the first is on line 1\)"):
+        with RowFile(p):
+            pass
+    p.write_text('{"index": 3}\n{"ind\n{"index": 4}\n')
+    with pytest.raises(FileError, match=r"certify\.jsonl:2: damaged row in the middle"):
+        with RowFile(p):
+            pass
+
+
+def test_torn_last_row_is_cut_not_rewritten(tmp_path):
+    p = tmp_path / "certify.jsonl"
+    p.write_text('{"index": 1}\n{"index": 2}\n{"index": 3, "te')
+    inode = p.stat().st_ino
+    with RowFile(p) as rf:
+        assert [r["index"] for r in rf.rows] == [1, 2]
+        rf.append({"index": 3})
+    assert p.read_text() == '{"index": 1}\n{"index": 2}\n{"index": 3}\n' and p.stat().st_ino == inode
+    p.write_text('{"index": 1}\n{"index": 2}')  # complete, only the newline is missing: kept
+    with RowFile(p) as rf:
+        assert len(rf.rows) == 2
+
+
+def test_kill_during_start_up_loses_no_row(trained_run, tiny_setup, tmp_path):  # noqa: F811
+    out = tmp_path / "c"
+    res = run_cli("certify.py", _certify_argv(trained_run, tiny_setup, out))
+    assert res.returncode == 0, res.stderr[-2000:]
+    full = (out / "certify.jsonl").read_text()
+    kept = "".join(full.splitlines(keepends=True)[:4])
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    for delay, sig in ((0.3, signal.SIGKILL), (1.5, signal.SIGINT), (3.0, signal.SIGKILL)):
+        (out / "certify.jsonl").write_text(kept)
+        argv = [sys.executable, str(ROOT / "certify.py"), *_certify_argv(trained_run, tiny_setup, out)]
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(sig)
+        proc.wait()
+        now = (out / "certify.jsonl").read_text()
+        assert now.startswith(kept), (delay, sig)
+    res = run_cli("certify.py", _certify_argv(trained_run, tiny_setup, out))
+    assert res.returncode == 0, res.stderr[-2000:]
+    strip = lambda text: [{k: v for k, v in json.loads(x).items() if k != "seconds"}  # noqa: E731
+                          for x in text.splitlines()]
+    assert strip((out / "certify.jsonl").read_text()) == strip(full)
+
+
+def test_resume_notices_changed_weights_or_data(capsys, trained_run, tiny_setup, tmp_path):  # noqa: F811
+    run = _copy_run(trained_run, tmp_path)
+    out = tmp_path / "c"
+    assert cli.certify_main(_certify_argv(run, tiny_setup, out, "--num-examples", "2")) == 0
+    # other data rows behind the same flags
+    data = tmp_path / "dev.jsonl"
+    rows = [json.loads(x) for x in Path(tiny_setup["dev"]).read_text().splitlines()]
+    data.write_text("".join(json.dumps(dict(r, text=r["text"] + " indeed")) + "\n" for r in rows))
+    argv = _certify_argv(run, tiny_setup, out, "--num-examples", "2")
+    argv[argv.index("--dataset") + 1] = str(data)
+    code = cli.certify_main(argv)
+    assert "the selected data rows changed" in _one_error_line(code, capsys.readouterr().err)
+    # other weights behind the same run directory
+    from safetensors.numpy import load_file as load_st
+    from safetensors.numpy import save_file
+
+    tensors = load_st(run / "model" / "model.safetensors")
+    first = sorted(tensors)[0]
+    tensors[first] = tensors[first] + 1
+    save_file(tensors, str(run / "model" / "model.safetensors"))
+    code = cli.certify_main(_certify_argv(run, tiny_setup, out, "--num-examples", "2"))
+    assert "the model weights changed" in _one_error_line(code, capsys.readouterr().err)
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(caplog, tiny_setup, tmp_path):  # noqa: F811
+    out = tmp_path / "t"
+    assert cli.train_main(train_args(tiny_setup, out, "--epochs", "1")) == 0
+    steps = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
+    assert len(steps) == 2
+    latest = out / "checkpoints" / str(steps[-1])
+    for f in latest.rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # truncated mid-write
+    caplog.clear()
+    caplog.set_level("INFO", logger="ranmask_jax")
+    assert cli.train_main(train_args(tiny_setup, out, "--epochs", "1")) == 0
+    err = caplog.text
+    assert f"checkpoint of step {steps[-1]} is unreadable" in err and f"from step {steps[0]}" in err
+    assert (out / "corrupt-checkpoints" / str(steps[-1])).exists()
+
+
+def test_rowfile_lock_is_released_by_a_killed_process(tmp_path):
+    p = tmp_path / "rows.jsonl"
+    code = (f"from ranmask_jax.files import RowFile; import time\n"
+            f"rf = RowFile({str(p)!r}).__enter__(); print('held', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    with pytest.raises(OSError, match="another run is writing rows.jsonl"):
+        with RowFile(p):
+            pass
+    proc.kill()
+    proc.wait()
+    with RowFile(p) as rf:  # the OS released the lock with the process
+        assert rf.rows == []
+    with open(rf.lock_path) as f:  # and the lock is free again after a clean exit
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
