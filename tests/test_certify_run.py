@@ -39,7 +39,8 @@ def test_rows_summary_table_plot(certified):
     assert summary["by_beta"]["pc"]["mcb_largest"] == summary["mcb_largest"]
     table = (out / "table.md").read_text()
     assert "beta = 1 (rigorous)" in table and "beta = p_c" in table
-    assert (out / "plot.png").stat().st_size > 1000
+    assert (out / "certified-accuracy.png").stat().st_size > 1000 and (out / "certified-accuracy.pdf").exists()
+    assert f"results in {out}/" in res.stderr
     assert "accuracy of g" in (out / "table.md").read_text() and "accuracy of g" in res.stdout
 
 
