@@ -6,7 +6,10 @@ set -euo pipefail
 DATA_DIR="${1:-${RANMASK_DATA_DIR:-../shared/data}}"
 RUN="${2:-runs/quickstart}"
 cd "$(dirname "$0")/.."
+echo "training on SST-2 (rho = 0.3, 150 steps) into $RUN ..."
+mkdir -p "$RUN"
 python train.py --out-dir "$RUN" --data-dir "$DATA_DIR" --dataset sst2 --rho 0.3 --max-len 64 \
-    --max-steps 150 --epochs 1 --eval-examples 100 --eval-n 16 --checkpoint-every 50
+    --max-steps 150 --epochs 1 --eval-examples 100 --eval-n 16 --checkpoint-every 50 > "$RUN/train_result.json"
+echo "certifying 30 SST-2 test sentences ..."
 python certify.py --run-dir "$RUN" --data-dir "$DATA_DIR" --dataset sst2 --split test \
     --num-examples 30 --n0 100 --n 1000 --alpha 0.05 --beta pc --out "$RUN/certify-test"
