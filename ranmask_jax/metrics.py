@@ -133,7 +133,7 @@ def plot_certified_accuracy(curves: dict[str, dict], path, title: str = "", n: i
         count = summary.get("n", n)
         xs = ds + [ds[-1] + 1]
         ys = [ca[d] for d in ds] + [0.0]
-        line = ax.step(xs, ys, where="post", label=f"{label} (n = {count})" if count else label)[0]
+        line = ax.step(xs, ys, where="post", label=f"{label}, n = {count}" if count else label)[0]
         if count:
             lo, hi = zip(*(certified_accuracy_band(y, count) for y in ys), strict=True)
             ax.fill_between(xs, lo, hi, step="post", color=line.get_color(), alpha=0.15, linewidth=0)
