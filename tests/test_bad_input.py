@@ -104,37 +104,28 @@ def test_a_run_label_map_is_applied_by_name(tmp_path):
 
 
 # ---- the command lines: (argv, expected fragment of the one error line) --------------------------------------------
-CERTIFY_FLAG_ERRORS = [
-    (["--mask-side", "bogus"], "mask_side must be first, second or both, got 'bogus'"),
-    (["--beta", "mc", "--n-r", "0"], "n_r must be >= 1, got 0"),
-    (["--batch-size", "0"], "batch_size must be >= 1, got 0"),
-    (["--min-keep", "-5"], "min_keep must be >= 0, got -5"),
-    (["--exact-threshold", "-5"], "exact_threshold must be >= 0, got -5"),
-    (["--max-len", "0"], "max_len must be >= 1, got 0"),
-    (["--rho", "1.5"], "rho must be in [0, 1], got 1.5"),
-    (["--beta", "two"], "beta must be pc, one or mc, got 'two'"),
+CERTIFY, TRAIN = ["certify", "--run-dir", "r", "--out", "o"], ["train", "--out-dir", "o"]
+FLAG_ERRORS = [  # (command line, expected fragment of the error)
+    (CERTIFY + ["--mask-side", "bogus"], "mask_side must be first, second or both, got 'bogus'"),
+    (CERTIFY + ["--beta", "mc", "--n-r", "0"], "n_r must be >= 1, got 0"),
+    (CERTIFY + ["--batch-size", "0"], "batch_size must be >= 1, got 0"),
+    (CERTIFY + ["--min-keep", "-5"], "min_keep must be >= 0, got -5"),
+    (CERTIFY + ["--exact-threshold", "-5"], "exact_threshold must be >= 0, got -5"),
+    (CERTIFY + ["--max-len", "0"], "max_len must be >= 1, got 0"),
+    (CERTIFY + ["--rho", "1.5"], "rho must be in [0, 1], got 1.5"),
+    (CERTIFY + ["--beta", "two"], "beta must be pc, one or mc, got 'two'"),
+    (TRAIN + ["--mask-side", "bogus"], "mask_side must be first, second or both"),
+    (TRAIN + ["--min-keep", "-5"], "min_keep must be >= 0, got -5"),
+    (TRAIN + ["--max-len", "0"], "max_len must be >= 1, got 0"),
+    (TRAIN + ["--batch-size", "0"], "batch_size must be >= 1, got 0"),
 ]
 
 
-@pytest.mark.parametrize("argv,message", CERTIFY_FLAG_ERRORS, ids=[" ".join(c[0]) for c in CERTIFY_FLAG_ERRORS])
-def test_bad_certify_flags(capsys, argv, message):
+@pytest.mark.parametrize("argv,message", FLAG_ERRORS, ids=[" ".join(c[0][:1] + c[0][-2:]) for c in FLAG_ERRORS])
+def test_bad_flags(capsys, argv, message):
+    main = {"certify": cli.certify_main, "train": cli.train_main}[argv[0]]
     with pytest.raises(SystemExit) as e:
-        cli.certify_main(["--run-dir", "r", "--out", "o", *argv])
-    assert e.value.code == 2 and message in capsys.readouterr().err
-
-
-TRAIN_FLAG_ERRORS = [
-    (["--mask-side", "bogus"], "mask_side must be first, second or both"),
-    (["--min-keep", "-5"], "min_keep must be >= 0, got -5"),
-    (["--max-len", "0"], "max_len must be >= 1, got 0"),
-    (["--batch-size", "0"], "batch_size must be >= 1, got 0"),
-]
-
-
-@pytest.mark.parametrize("argv,message", TRAIN_FLAG_ERRORS, ids=[" ".join(c[0]) for c in TRAIN_FLAG_ERRORS])
-def test_bad_train_flags(capsys, argv, message):
-    with pytest.raises(SystemExit) as e:
-        cli.train_main(["--out-dir", "o", *argv])
+        main(argv[1:])
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
