@@ -159,7 +159,7 @@ def plot_certified_accuracy(curves: dict[str, dict], path, title: str = "", n: i
 def rescore(rows: list[Mapping], beta: str = "one", alpha: float = 0.05) -> list[dict]:
     """The same certification rows with the radius recomputed under another beta ("one" or "pc") from their stored
     counts: no model run needed, and the votes are exactly the same. Exact-mode rows use the exact p_c."""
-    from ranmask_jax.smoothing import certified_radius, radius_from_bound
+    from ranmask_jax.certificate import certified_radius, radius_from_bound
 
     out = []
     for r in rows:

@@ -1,4 +1,4 @@
-"""The certificate's arithmetic against independent computations: brute force, exact binomials, simulation."""
+"""ranmask_jax.certificate against independent computations: brute force, exact binomials, simulation."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import optimize, stats
 
-from ranmask_jax.smoothing import (
+from ranmask_jax.certificate import (
     NOT_CERTIFIED,
     binomial_abstain,
     certificate_from_counts,
