@@ -29,29 +29,29 @@ def main(argv: list[str] | None = None) -> dict:
 
     from ranmask_jax import load_pretrained
     from ranmask_jax.distributed import pad_rows
-    from ranmask_jax.masking import bucket_length, build_masked
-    from ranmask_jax.smoothing import SmoothedClassifier
+    from ranmask_jax.masking import bucket, build_masked, copy_lengths
+    from ranmask_jax.smoothing import SmoothedClassifier, dedup
 
     model, tok, _ = load_pretrained("minilm-l6", num_labels=2)
     sc = SmoothedClassifier(model, tok, rho=args.rho, batch_size=args.batch_size, max_len=128)
     enc = sc.encode(TEXT)
-    width = bucket_length(len(enc.token_ids), sc.max_len)
+    width = bucket(len(enc.token_ids))
     text = enc.padded(width, sc.pad_id)
-    build = jax.jit(build_masked, static_argnames=("mask_id", "pad_id"))
+    build = jax.jit(build_masked, static_argnames=("mask_id", "pad_id", "max_len", "out_len"))
 
     def overhead(key):
-        keep = sc.sample(key, enc, args.n)
-        packed = np.packbits(keep, axis=1)
-        _, first = np.unique(packed, axis=0, return_index=True)
-        uniq = keep[first]
+        uniq, _ = dedup(sc.sample(key, enc, args.n))
+        copy_lengths(enc, uniq, sc.max_len)
+        keep = np.zeros((len(uniq), width), bool)
+        keep[:, :uniq.shape[1]] = uniq
         for s in range(0, len(uniq), sc.batch_size):
-            out = build(text["token_ids"], text["token_type_ids"], text["word_index"], text["first_of_word"],
-                        pad_rows(uniq[s:s + sc.batch_size], sc.batch_size), mask_id=sc.mask_id, pad_id=sc.pad_id)
+            out = build(**text, keep=pad_rows(keep[s:s + sc.batch_size], sc.batch_size), mask_id=sc.mask_id,
+                        pad_id=sc.pad_id, max_len=sc.max_len, out_len=min(width, sc.max_len))
         jax.block_until_ready(out)
         return len(uniq)
 
     def total(key):
-        return sc.classify(enc, sc.sample(key, enc, args.n))
+        return sc.votes([(enc, *dedup(sc.sample(key, enc, args.n)))])
 
     overhead(jax.random.key(0)), total(jax.random.key(0))  # compile
     t_over, t_total = [], []

@@ -194,8 +194,6 @@ def certificate_from_counts(label: int | None, counts0: np.ndarray, counts: np.n
     p_lower = 0.0 if n == 0 else (n_c / n if exact else clopper_pearson_lower(n_c, n, alpha))
     betas = {"one": 1.0, "pc": n_c / n if n else 0.0}
     if beta_mode == "mc":
-        if mc_beta is None:
-            raise ValueError("beta='mc' needs the classified copies (mc_beta)")
         seen: list[float] = [0.0]  # the Monte Carlo beta of the last d tried, for the row
 
         def betas_mc(d: int) -> float:
@@ -205,6 +203,8 @@ def certificate_from_counts(label: int | None, counts0: np.ndarray, counts: np.n
         betas["mc"] = betas_mc
     radii = {b: NOT_CERTIFIED for b in betas}
     if pred == label and p_lower > 0.5:  # one beta dispatch: every beta goes through the same radius loop
+        if beta_mode == "mc" and mc_beta is None:
+            raise ValueError("beta='mc' needs the classified copies (mc_beta)")
         radii = {b: radius_from_bound(p_lower, beta, h, k) for b, beta in betas.items()}
     beta_used = seen[0] if beta_mode == "mc" else betas[beta_mode]
     return Certificate(label=label, prediction=pred, correct=pred == label, counts=tuple(int(c) for c in counts),

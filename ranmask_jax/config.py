@@ -109,6 +109,8 @@ class CertifyConfig:
                                     "run's)")
     mask_side: str | None = opt(None, "for pairs: masked side (default: the run's)")
     batch_size: int = opt(256, "masked copies per device step")
+    texts_per_call: int = opt(16, "texts certified together (their copies share device steps); rows are written "
+                                  "after each group, so an interruption loses at most one group")
     dtype: str = opt("float32", "compute dtype")
     accuracy_only: bool = opt(False, "only g's answer from n0 copies per text (accuracy of g), no certificate")
     predict: str | None = opt(None, "classify raw texts from this file ('-': stdin), one per line "
@@ -129,7 +131,7 @@ class CertifyConfig:
             raise ValueError(f"beta must be pc, one or mc, got {self.beta!r}")
         if self.num_examples is not None and self.num_examples < 1:
             raise ValueError("num_examples must be >= 1")
-        for name in ("batch_size", "n_r"):
+        for name in ("batch_size", "n_r", "texts_per_call"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("min_keep", "exact_threshold"):

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
+import math
 import re
 from typing import Literal
 
@@ -263,3 +265,60 @@ def build_masked(token_ids: jax.Array, token_type_ids: jax.Array, word_index: ja
         jnp.broadcast_to(token_type_ids, ids.shape), mode="drop")
     attn = (jnp.arange(out_len) < emit.sum(axis=1, keepdims=True)).astype(jnp.int32)
     return out_ids, out_types, attn
+
+
+def copy_lengths(enc: EncodedText, keep: np.ndarray, max_len: int) -> np.ndarray:
+    """Token length of each masked copy of ``enc`` (keep rows ``[m, W]``) after the cut to ``max_len``: what
+    ``build_masked`` produces, computed on the host from token counts alone (to pack copies by length)."""
+    maskable = enc.word_index >= 0
+    words = enc.word_index[maskable & enc.first_of_word]  # [h] in order
+    tok = np.bincount(enc.word_index[maskable & enc.has_token], minlength=enc.h)[:enc.h]  # tokens per word
+    side = enc.segment[maskable & enc.first_of_word]  # [h]: 1 or 2
+    assert len(words) == enc.h
+    kept = keep[:, :enc.h].astype(np.int64)  # [m, h]
+    fixed = [int(np.sum((enc.segment == s) & ~maskable & enc.has_token)) for s in (1, 2)]
+    # a kept word brings its tokens, a masked one a single mask token
+    a = fixed[0] + (side == 1).sum() + kept[:, side == 1] @ (tok[side == 1] - 1)
+    b = fixed[1] + (side == 2).sum() + kept[:, side == 2] @ (tok[side == 2] - 1)
+    budget = max_len - enc.num_specials
+    short = np.minimum(np.where(a <= b, a, b), budget // 2)
+    over = a + b > budget
+    a_keep = np.where(over, np.where(a <= b, short, budget - short), a)
+    b_keep = np.where(over, np.where(a <= b, budget - short, short), b)
+    return enc.num_specials + a_keep + b_keep
+
+
+@dataclasses.dataclass(frozen=True)
+class UniformKeepSets:
+    """The keep-set distribution of RanMASK: a uniform k_x-subset of the h_x words, k_x = ``keep_count``. The
+    sampler, the exact enumeration and the certificate all read it, so they cannot drift apart; ``certifiable``
+    says that Theorem 1's certificate assumes exactly this distribution."""
+
+    rho: float
+    min_keep: int = DEFAULT_MIN_KEEP
+    certifiable = True
+
+    def __post_init__(self):
+        keep_count(1, self.rho, self.min_keep)  # validates rho and min_keep
+
+    def k(self, h: int) -> int:
+        return keep_count(h, self.rho, self.min_keep)
+
+    def size(self, h: int) -> int:
+        """How many keep sets there are: C(h, k)."""
+        return math.comb(h, self.k(h))
+
+    def sample(self, key: jax.Array, h: int, n: int, width: int) -> jax.Array:
+        """``n`` keep sets ``[n, width]`` on the device; one compilation per (n, width)."""
+        return _sample_jit(key, h, self.k(h), n=n, width=width)
+
+    def enumerate(self, h: int, width: int) -> np.ndarray:
+        """All C(h, k) keep sets, bool ``[C(h, k), width]`` (one empty set when k = 0)."""
+        k = self.k(h)
+        combos = np.fromiter(itertools.chain.from_iterable(itertools.combinations(range(h), k)), np.int64)
+        keep = np.zeros((math.comb(h, k), width), bool)
+        np.put_along_axis(keep, combos.reshape(len(keep), k), True, axis=1)
+        return keep
+
+
+_sample_jit = jax.jit(sample_keep, static_argnames=("n", "width"))

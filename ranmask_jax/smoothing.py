@@ -1,12 +1,28 @@
-"""The smoothed classifier g (RanMASK, Zeng et al. 2021, Sections 2-3) on a base classifier: masked copies built
-and classified on the device(s), votes counted, and the certificate computed from them by
-``ranmask_jax.certificate`` (re-exported here), whose docstring says what each beta guarantees.
+"""The smoothed classifier g (RanMASK, Zeng et al. 2021, Sections 2-3): one batched engine for certification,
+attacks and purification.
+
+Three pluggable parts, each in one place:
+
+* the base classifier, any jittable ``logits_fn(params, input_ids, attention_mask, token_type_ids) -> [B, C]``
+  (``SmoothedClassifier(model, ...)`` adapts an nnx model; ``SmoothedClassifier.from_logits_fn`` takes any);
+* the keep-set distribution (``masking.UniformKeepSets``: sampler, enumeration and what the certificate assumes);
+* an optional copy transform between masking and the classifier (``transform(t_params, key, ids, attn, types)``,
+  e.g. a masked-LM refill), with its own PRNG key.
+
+How the work is done: the keep sets of each text are sampled on the device, deduplicated on the host (each
+distinct copy is classified once and weighted by its multiplicity), and the copies of MANY texts are packed into
+fixed-shape batches, grouped by the masked copy's own length after the cut to ``max_len`` (fine length buckets),
+with a text index per row. Each batch builds its copies on the device, classifies them and sums the votes, logits
+and probabilities per text ON the device; batches are dispatched without waiting and the host fetches only the
+per-text sums. One compilation per (batch rows, texts per batch, text bucket, copy bucket).
+
+The certificate is computed from the votes by ``ranmask_jax.certificate`` (re-exported here), whose docstring says
+what each beta guarantees.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Literal
 
 import numpy as np
@@ -25,9 +41,10 @@ from ranmask_jax.certificate import (  # noqa: F401  (re-exported: the public ce
     radius_from_bound,
     risk_probability,
 )
-from ranmask_jax.masking import DEFAULT_MIN_KEEP, keep_count
+from ranmask_jax.masking import DEFAULT_MIN_KEEP, EncodedText, UniformKeepSets, bucket, copy_lengths
 
 Ensemble = Literal["vote", "logit", "prob"]
+ENSEMBLES = ("vote", "logit", "prob")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,55 +62,139 @@ class Prediction:
     p_value: float | None = None
 
 
-class SmoothedClassifier:
-    """RanMASK's g(x) on a base classifier: masked copies built and classified on the device(s), votes counted.
+@dataclasses.dataclass
+class Votes:
+    """What the classifier said about the copies of one text, summed over copies (weighted by multiplicity)."""
 
-    ``model``: a ``SequenceClassifier`` (put in eval mode here). ``rho``: masking rate; each copy keeps
-    ``k_x = keep_count(h_x, rho, min_keep)`` of ALL h_x words of the text. ``max_len``: each masked copy is cut to
-    this many tokens after masking (``ranmask_jax.masking``); it may not exceed the model's position table.
-    ``batch_size``: copies per device step (a multiple of the device count); the last batch is padded and the
-    padding ignored. One compilation per (text bucket, copy width, batch rows).
+    counts: np.ndarray  # [C] int64: copies per predicted class
+    logit_sum: np.ndarray  # [C] float64: sum of raw logits
+    prob_sum: np.ndarray  # [C] float64: sum of softmax probabilities
+    row_labels: np.ndarray | None = None  # [m] f's class for each distinct copy (when asked for)
+
+    @property
+    def n(self) -> int:
+        return int(self.counts.sum())
+
+    def scores(self, ensemble: str) -> np.ndarray:
+        if ensemble == "vote":
+            return self.counts / max(self.n, 1)
+        return (self.logit_sum if ensemble == "logit" else self.prob_sum) / max(self.n, 1)
+
+
+@dataclasses.dataclass
+class _Request:
+    enc: EncodedText
+    keep: np.ndarray  # [m, W] distinct keep sets
+    weights: np.ndarray  # [m] multiplicities
+
+
+def copy_bucket(n: int, max_len: int) -> int:
+    """Fine length buckets for masked copies: multiples of 8 up to 64, of 16 up to 128, of 32 up to 256, then of
+    64; at least 16, at most ``max_len``."""
+    step = 8 if n <= 64 else 16 if n <= 128 else 32 if n <= 256 else 64
+    return min(max(16, -(-n // step) * step), max_len)
+
+
+def nnx_logits_fn(model):
+    """``(logits_fn, params)`` of an nnx ``SequenceClassifier`` (in eval mode)."""
+    from flax import nnx
+
+    model.eval()
+    graphdef, state = nnx.split(model)
+
+    def logits_fn(state, input_ids, attention_mask, token_type_ids):
+        return nnx.merge(graphdef, state)(input_ids, attention_mask, token_type_ids)
+
+    return logits_fn, state
+
+
+def dedup(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct keep sets and their multiplicities (the vote statistics are unchanged; each is classified once)."""
+    packed = np.packbits(keep, axis=1)
+    _, first, counts = np.unique(packed, axis=0, return_index=True, return_counts=True)
+    return keep[first], counts
+
+
+class SmoothedClassifier:
+    """RanMASK's g(x) on a base classifier (see the module docstring for how the work is batched).
+
+    ``SmoothedClassifier(model, tokenizer, rho)`` wraps an nnx ``SequenceClassifier``; ``from_logits_fn`` any
+    jittable classifier. ``rho``: masking rate; each copy keeps ``k_x = keep_count(h_x, rho, min_keep)`` of ALL h_x
+    words of the text and is cut to ``max_len`` tokens after masking (``ranmask_jax.masking``); ``max_len`` may not
+    exceed the model's positions. ``batch_size``: copies per device step (a multiple of the device count);
+    ``texts_per_batch``: how many texts one step may hold.
     """
 
     def __init__(self, model, tokenizer, rho: float, *, batch_size: int = 256, max_len: int = 128,
-                 mask_side: str = "second", min_keep: int = DEFAULT_MIN_KEEP, mesh=None):
+                 mask_side: str = "second", min_keep: int = DEFAULT_MIN_KEEP, mesh=None, texts_per_batch: int = 32,
+                 transform=None, transform_params=None):
+        logits_fn, params = nnx_logits_fn(model)
+        self._setup(logits_fn, params, tokenizer, UniformKeepSets(rho, min_keep), num_labels=model.cfg.num_labels,
+                    max_positions=getattr(model.cfg, "max_positions", None), batch_size=batch_size, max_len=max_len,
+                    mask_side=mask_side, mesh=mesh, texts_per_batch=texts_per_batch, transform=transform,
+                    transform_params=transform_params)
+
+    @classmethod
+    def from_logits_fn(cls, logits_fn, params, tokenizer, keep_sets, *, num_labels: int,
+                       max_positions: int | None = None, **kw) -> SmoothedClassifier:
+        """The smoothed classifier of any jittable ``logits_fn(params, input_ids, attention_mask, token_type_ids)
+        -> [B, num_labels]``, with a keep-set distribution such as ``UniformKeepSets(rho)``."""
+        self = cls.__new__(cls)
+        self._setup(logits_fn, params, tokenizer, keep_sets, num_labels=num_labels, max_positions=max_positions,
+                    **kw)
+        return self
+
+    def _setup(self, logits_fn, params, tokenizer, keep_sets, *, num_labels: int, max_positions: int | None,
+               batch_size: int = 256, max_len: int = 128, mask_side: str = "second", mesh=None,
+               texts_per_batch: int = 32, transform=None, transform_params=None):
         import jax
-        from flax import nnx
+        import jax.numpy as jnp
 
         from ranmask_jax import distributed
+        from ranmask_jax.masking import build_masked
 
         if tokenizer.mask_token_id is None or tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer needs a mask token and a pad token")
-        keep_count(1, rho, min_keep)  # validates rho and min_keep
         if mask_side not in ("first", "second", "both"):
             raise ValueError(f"mask_side must be first, second or both, got {mask_side!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        positions = getattr(getattr(model, "cfg", None), "max_positions", None)
-        if positions is not None and max_len > positions:
-            raise ValueError(f"max_len {max_len} exceeds the model's {positions} positions")
+        if batch_size < 1 or texts_per_batch < 1:
+            raise ValueError(f"batch_size and texts_per_batch must be >= 1, got {batch_size}, {texts_per_batch}")
+        if max_positions is not None and max_len > max_positions:
+            raise ValueError(f"max_len {max_len} exceeds the model's {max_positions} positions")
         self.mesh = mesh if mesh is not None else distributed.make_mesh()
         n_dev = self.mesh.devices.size
         if batch_size % n_dev:
             raise ValueError(f"batch_size {batch_size} is not a multiple of the {n_dev} devices")
-        model.eval()
-        self.tokenizer, self.rho, self.batch_size, self.max_len = tokenizer, rho, batch_size, max_len
-        self.mask_side, self.min_keep = mask_side, min_keep
+        self.tokenizer, self.keep_sets, self.batch_size, self.max_len = tokenizer, keep_sets, batch_size, max_len
+        self.rho, self.min_keep = getattr(keep_sets, "rho", None), getattr(keep_sets, "min_keep", None)
+        self.mask_side, self.texts_per_batch, self.num_labels = mask_side, texts_per_batch, num_labels
         self.mask_id, self.pad_id = int(tokenizer.mask_token_id), int(tokenizer.pad_token_id)
-        self.num_labels = model.cfg.num_labels
-        graphdef, state = nnx.split(model)
-        self._state = distributed.replicate(state, self.mesh)
-        self.traces = 0  # how many times the forward was traced (compiled)
-        from ranmask_jax.masking import build_masked, sample_keep
+        self._params = distributed.replicate(params, self.mesh)
+        self._t_params = distributed.replicate(transform_params, self.mesh) if transform is not None else None
+        self._transform_key = jax.random.key(0x5EED)
+        self._batches = 0
+        self.traces = 0  # how many times the device step was traced (compiled)
 
-        def forward(state, text, keep, out_len):
+        def step(params, t_params, t_key, table, row_text, keep, weight, out_len):
             self.traces += 1
-            ids, types, attn = build_masked(**text, keep=keep, mask_id=self.mask_id, pad_id=self.pad_id,
-                                            max_len=self.max_len, out_len=out_len)
-            return nnx.merge(graphdef, state)(ids, attn, types)  # [B, C]
+            rows = [a[row_text] for a in table]  # [R, T] each: the text of every row
 
-        self._forward = jax.jit(forward, static_argnames=("out_len",))
-        self._sample = jax.jit(sample_keep, static_argnames=("n", "width"))
+            def one(kp, *text):
+                out = build_masked(*text, keep=kp[None], mask_id=self.mask_id, pad_id=self.pad_id,
+                                   max_len=self.max_len, out_len=out_len)
+                return tuple(o[0] for o in out)
+
+            ids, types, attn = jax.vmap(one)(keep, *rows)  # [R, out_len]
+            if transform is not None:
+                ids, attn, types = transform(t_params, t_key, ids, attn, types)
+            logits = logits_fn(params, ids, attn, types).astype(jnp.float32)  # [R, C]
+            label = jnp.argmax(logits, axis=-1)  # [R]
+            w = weight[:, None]
+            per_text = lambda x: jax.ops.segment_sum(x * w, row_text, num_segments=table[0].shape[0])  # noqa: E731
+            return (per_text(jax.nn.one_hot(label, logits.shape[-1])), per_text(logits),
+                    per_text(jax.nn.softmax(logits, axis=-1)), label)
+
+        self._step = jax.jit(step, static_argnames=("out_len",))
         self._shard = distributed.batch_sharded(self.mesh)
         self._rep = distributed.replicated(self.mesh)
 
@@ -103,10 +204,10 @@ class SmoothedClassifier:
 
         from ranmask_jax import distributed
 
-        self._state = distributed.replicate(nnx.state(model), self.mesh)
+        self._params = distributed.replicate(nnx.state(model), self.mesh)
 
     # -- pieces ---------------------------------------------------------------------------------------------------
-    def encode(self, text: str, text_pair: str | None = None):
+    def encode(self, text: str, text_pair: str | None = None) -> EncodedText:
         """The whole text with its h_x maskable words (nothing is truncated before masking)."""
         from ranmask_jax.masking import check_max_len, encode
 
@@ -115,46 +216,23 @@ class SmoothedClassifier:
         return enc
 
     def keep_count(self, h: int) -> int:
-        return keep_count(h, self.rho, self.min_keep)
+        return self.keep_sets.k(h)
 
     @staticmethod
-    def word_width(enc) -> int:
+    def word_width(enc: EncodedText) -> int:
         """Width of the keep-set arrays of ``enc``: the bucket of h_x."""
-        from ranmask_jax.masking import bucket
-
         return bucket(enc.h)
 
-    def sample(self, key, enc, n: int) -> np.ndarray:
+    def sample(self, key, enc: EncodedText, n: int) -> np.ndarray:
         """``n`` keep sets of ``enc``'s words (bool ``[n, W]``), sampled on the device."""
-        return np.asarray(self._sample(key, enc.h, self.keep_count(enc.h), n=n, width=self.word_width(enc)))
+        return np.asarray(self.keep_sets.sample(key, enc.h, n, self.word_width(enc)))
 
-    def enumerate_keep_sets(self, enc) -> np.ndarray:
+    def enumerate_keep_sets(self, enc: EncodedText) -> np.ndarray:
         """All C(h, k) keep sets of ``enc``'s words, bool ``[C(h, k), W]`` (one empty set when k = 0)."""
-        import itertools
+        return self.keep_sets.enumerate(enc.h, self.word_width(enc))
 
-        k = self.keep_count(enc.h)
-        combos = np.fromiter(itertools.chain.from_iterable(itertools.combinations(range(enc.h), k)), np.int64)
-        combos = combos.reshape(math.comb(enc.h, k), k)
-        keep = np.zeros((len(combos), self.word_width(enc)), bool)
-        np.put_along_axis(keep, combos, True, axis=1)
-        return keep
-
-    def logits(self, enc, keep: np.ndarray) -> np.ndarray:
-        """Base-classifier logits ``[m, C]`` of the masked copies given by ``keep`` ``[m, W]``."""
-        import jax
-
-        from ranmask_jax.distributed import pad_rows
-        from ranmask_jax.masking import bucket, output_length
-
-        text = jax.device_put(enc.padded(bucket(len(enc.token_ids)), self.pad_id), self._rep)
-        out_len = output_length(len(enc.token_ids), self.max_len)
-        rows = self.batch_rows(len(keep))
-        out = []
-        for start in range(0, len(keep), rows):
-            chunk = keep[start:start + rows]
-            batch = jax.device_put(pad_rows(chunk, rows), self._shard)
-            out.append(np.asarray(self._forward(self._state, text, batch, out_len=out_len))[:len(chunk)])
-        return np.concatenate(out) if out else np.zeros((0, self.num_labels), np.float32)
+    def exact_mode(self, enc: EncodedText, threshold: int) -> bool:
+        return self.keep_sets.size(enc.h) <= threshold
 
     def batch_rows(self, m: int) -> int:
         """Rows per device step for ``m`` copies: ``batch_size``, or for fewer copies the smallest power of two
@@ -166,20 +244,107 @@ class SmoothedClassifier:
         rows = max(16, 1 << max(m - 1, 0).bit_length())
         return min(self.batch_size, -(-rows // n_dev) * n_dev)
 
-    def classify(self, enc, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Classify each DISTINCT keep set once. Returns (unique keep sets, multiplicities, logits)."""
-        packed = np.packbits(keep, axis=1)
-        _, first, counts = np.unique(packed, axis=0, return_index=True, return_counts=True)
-        uniq = keep[first]
-        return uniq, counts, self.logits(enc, uniq)
+    # -- the engine ------------------------------------------------------------------------------------------------
+    def votes(self, requests: list[tuple[EncodedText, np.ndarray, np.ndarray]], *, row_labels: bool = False
+              ) -> list[Votes]:
+        """Classify the masked copies of many texts at once. Each request is ``(enc, keep [m, W], weights [m])``
+        (distinct keep sets with multiplicities); returns per request the weighted votes and sums of logits and
+        probabilities (and f's class per distinct copy with ``row_labels``)."""
+        import jax
 
-    def _votes(self, logits: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        return np.bincount(logits.argmax(axis=1), weights=weights, minlength=self.num_labels).astype(np.int64)
+        reqs = [_Request(e, np.asarray(k, bool), np.asarray(w, np.float32)) for e, k, w in requests]
+        out = [Votes(np.zeros(self.num_labels), np.zeros(self.num_labels), np.zeros(self.num_labels),
+                     np.zeros(len(r.keep), np.int64) if row_labels else None) for r in reqs]
+        # every copy, tagged with its length bucket after masking and the cut to max_len
+        tags = [np.stack([np.full(len(r.keep), i), np.arange(len(r.keep)),
+                          [copy_bucket(int(x), self.max_len) for x in copy_lengths(r.enc, r.keep, self.max_len)]], 1)
+                for i, r in enumerate(reqs) if len(r.keep)]
+        if not tags:
+            return out
+        tags = np.concatenate(tags)
+        tags = tags[np.lexsort((tags[:, 1], tags[:, 0], tags[:, 2]))]  # by bucket, then text, then copy
+        pending = []
+        for out_len in np.unique(tags[:, 2]):
+            group = tags[tags[:, 2] == out_len]
+            rows = self.batch_rows(len(group))
+            slots = min(self.texts_per_batch, rows)
+            start = 0
+            while start < len(group):
+                # as many rows as fit, from at most `slots` texts (rows are sorted by text: a prefix)
+                chunk = group[start:start + rows]
+                take = chunk[chunk[:, 0] <= np.unique(chunk[:, 0])[:slots][-1]]
+                start += len(take)
+                pending.append((take, self._dispatch(reqs, take, rows, slots, int(out_len))))
+        for take, result in pending:  # the device ran ahead; fetch the per-text sums only now
+            counts, logit_sum, prob_sum, labels = jax.device_get(result)
+            texts = np.unique(take[:, 0])
+            for slot, i in enumerate(texts):
+                out[i].counts = out[i].counts + counts[slot]
+                out[i].logit_sum = out[i].logit_sum + logit_sum[slot]
+                out[i].prob_sum = out[i].prob_sum + prob_sum[slot]
+            if row_labels:
+                for j, (i, r, _) in enumerate(take):
+                    out[i].row_labels[r] = labels[j]
+        for v in out:
+            v.counts = np.rint(v.counts).astype(np.int64)
+        return out
 
-    def exact_mode(self, enc, threshold: int) -> bool:
-        return math.comb(enc.h, self.keep_count(enc.h)) <= threshold
+    def _dispatch(self, reqs: list[_Request], take: np.ndarray, rows: int, slots: int, out_len: int):
+        """Build one batch (rows ``take`` = [(request, copy, bucket)]) and start it on the device."""
+        import jax
 
-    # -- the two procedures -----------------------------------------------------------------------------------------
+        texts = np.unique(take[:, 0])
+        slot_of = {int(i): s for s, i in enumerate(texts)}
+        width = max(bucket(len(reqs[i].enc.token_ids)) for i in texts)
+        padded = [reqs[i].enc.padded(width, self.pad_id) for i in texts]
+        names = ("token_ids", "token_type_ids", "word_index", "first_of_word", "has_token", "segment")
+        table = [np.stack([p[k] for p in padded] + [padded[0][k]] * (slots - len(texts))) for k in names]
+        keep = np.zeros((rows, width), bool)
+        weight = np.zeros(rows, np.float32)
+        row_text = np.zeros(rows, np.int32)
+        for j, (i, r, _) in enumerate(take):
+            kp = reqs[i].keep[r]
+            keep[j, :len(kp)] = kp
+            weight[j] = reqs[i].weights[r]
+            row_text[j] = slot_of[int(i)]
+        t_key = jax.random.fold_in(self._transform_key, self._batches)
+        self._batches += 1
+        return self._step(self._params, self._t_params, t_key, jax.device_put(table, self._rep),
+                          *jax.device_put((row_text, keep, weight), self._shard), out_len=out_len)
+
+    def _keep_sets(self, key, enc: EncodedText, n: int, exact: bool) -> tuple[np.ndarray, np.ndarray]:
+        keep = self.enumerate_keep_sets(enc) if exact else self.sample(key, enc, n)
+        return dedup(keep) if len(keep) else (keep, np.zeros(0, np.int64))
+
+    # -- the procedures ---------------------------------------------------------------------------------------------
+    def predict_many(self, keys, texts: list[str], pairs: list[str | None] | None = None, *, n: int = 1000,
+                     ensemble: Ensemble = "vote", alpha: float | None = None, exact_threshold: int | None = None
+                     ) -> list[Prediction]:
+        """g(x) for many texts at once (``keys[i]`` for text i); see ``predict``."""
+        if ensemble not in ENSEMBLES:
+            raise ValueError(f"ensemble must be 'vote', 'logit' or 'prob', got {ensemble!r}")
+        pairs = pairs or [None] * len(texts)
+        encs = [self.encode(t, p) for t, p in zip(texts, pairs, strict=True)]
+        thr = n if exact_threshold is None else exact_threshold
+        exact = [self.exact_mode(e, thr) for e in encs]
+        requests = [(e, *self._keep_sets(k, e, n, x)) for k, e, x in zip(keys, encs, exact, strict=True)]
+        out = []
+        for enc, is_exact, v in zip(encs, exact, self.votes(requests), strict=True):
+            scores = v.scores(ensemble)
+            label, p_value = int(np.argmax(scores)), None
+            if alpha is not None:
+                if is_exact:  # the counts are the population itself: only an exact tie is undecided
+                    top = np.sort(v.counts)[::-1]
+                    tied = len(top) > 1 and top[0] == top[1]
+                    label, p_value = (ABSTAIN if tied else int(np.argmax(v.counts))), (1.0 if tied else 0.0)
+                else:
+                    label, p_value = binomial_abstain(v.counts, alpha)
+                if ensemble != "vote" and label != ABSTAIN:
+                    label = int(np.argmax(scores))
+            out.append(Prediction(label, tuple(float(s) for s in scores), tuple(int(c) for c in v.counts), v.n,
+                                  enc.h, self.keep_count(enc.h), p_value))
+        return out
+
     def predict(self, key, text: str, text_pair: str | None = None, *, n: int = 1000, ensemble: Ensemble = "vote",
                 alpha: float | None = None, exact_threshold: int | None = None) -> Prediction:
         """g(x) from ``n`` random masked copies (all C(h, k) keep sets when that is <= ``exact_threshold``, default
@@ -187,74 +352,78 @@ class SmoothedClassifier:
         (argmax of the mean softmax probabilities); copies are weighted by multiplicity. With ``alpha``, returns
         ABSTAIN unless a binomial test separates the top two vote counts (Cohen et al.'s PREDICT); in exact mode
         the counts are the population itself, so g abstains only when the top two exactly tie."""
-        if ensemble not in ("vote", "logit", "prob"):
-            raise ValueError(f"ensemble must be 'vote', 'logit' or 'prob', got {ensemble!r}")
-        enc = self.encode(text, text_pair)
-        exact = self.exact_mode(enc, n if exact_threshold is None else exact_threshold)
-        keep = self.enumerate_keep_sets(enc) if exact else self.sample(key, enc, n)
-        _, weights, logits = self.classify(enc, keep)
-        counts = self._votes(logits, weights)
-        if ensemble == "vote":
-            scores = counts / counts.sum()
-        else:
-            vals = logits if ensemble == "logit" else _softmax(logits)
-            scores = (vals * weights[:, None]).sum(axis=0) / weights.sum()
-        label, p_value = int(np.argmax(scores)), None
-        if alpha is not None:
-            if exact:
-                top = np.sort(counts)[::-1]
-                tied = len(top) > 1 and top[0] == top[1]
-                label, p_value = (ABSTAIN if tied else int(np.argmax(counts))), (1.0 if tied else 0.0)
+        return self.predict_many([key], [text], [text_pair], n=n, ensemble=ensemble, alpha=alpha,
+                                 exact_threshold=exact_threshold)[0]
+
+    def scores(self, key, texts: list[str], pairs: list[str | None] | None = None, *, n: int = 100,
+               ensemble: Ensemble = "vote") -> np.ndarray:
+        """Scores of g for a batch of texts, ``[len(texts), C]``: vote shares, mean logits or mean probabilities
+        over ``n`` masked copies each (all keep sets when there are at most ``n``); text i uses
+        ``fold_in(key, i)``. The entry point for black-box attacks."""
+        import jax
+
+        keys = [jax.random.fold_in(key, i) for i in range(len(texts))]
+        preds = self.predict_many(keys, texts, pairs, n=n, ensemble=ensemble)
+        return np.array([p.scores for p in preds], np.float64).reshape(len(texts), self.num_labels)
+
+    def certify_many(self, keys, texts: list[str], labels: list[int | None], pairs: list[str | None] | None = None,
+                     *, n0: int = 100, n: int = 5000, alpha: float = 0.05, beta: str = "pc",
+                     exact_threshold: int | None = None, n_r: int = 200) -> list[Certificate]:
+        """CERTIFY for many texts at once (``keys[i]``, ``labels[i]`` for text i); see ``certify``."""
+        import jax
+
+        if beta not in ("pc", "one", "mc"):
+            raise ValueError(f"beta must be 'pc', 'one' or 'mc', got {beta!r}")
+        if beta == "mc" and n_r < 1:
+            raise ValueError(f"Monte Carlo beta needs n_r >= 1 perturbation sets, got {n_r}")
+        if not getattr(self.keep_sets, "certifiable", False):
+            raise ValueError(f"{type(self.keep_sets).__name__} keep sets have no certificate (Theorem 1 assumes "
+                             "uniform keep sets); use predict for empirical robustness")
+        for label in labels:
+            if label is not None and not 0 <= label < self.num_labels:
+                raise ValueError(f"label {label} out of range for {self.num_labels} classes")
+        pairs = pairs or [None] * len(texts)
+        encs = [self.encode(t, p) for t, p in zip(texts, pairs, strict=True)]
+        thr = n if exact_threshold is None else exact_threshold
+        exact = [self.exact_mode(e, thr) for e in encs]
+        # selection copies (or every keep set, in exact mode)
+        first = [(e, *self._keep_sets(jax.random.fold_in(k, 0), e, n0, x))
+                 for k, e, x in zip(keys, encs, exact, strict=True)]
+        v0 = self.votes(first, row_labels=beta == "mc")
+        # estimation copies, unless exact, or the selection copies already picked a wrong class
+        todo = [i for i, x in enumerate(exact) if not x and (labels[i] is None
+                                                              or int(np.argmax(v0[i].counts)) == labels[i])]
+        second = [(encs[i], *self._keep_sets(jax.random.fold_in(keys[i], 1), encs[i], n, False)) for i in todo]
+        v1 = dict(zip(todo, self.votes(second, row_labels=beta == "mc"), strict=True))
+        est = {i: second[j] for j, i in enumerate(todo)}
+        out = []
+        for i, enc in enumerate(encs):
+            h, k = enc.h, self.keep_count(enc.h)
+            if exact[i]:
+                votes, (_, uniq, weights) = v0[i], first[i]
+            elif i in v1:
+                votes, (_, uniq, weights) = v1[i], est[i]
             else:
-                label, p_value = binomial_abstain(counts, alpha)
-            if ensemble != "vote" and label != ABSTAIN:
-                label = int(np.argmax(scores))
-        return Prediction(label, tuple(float(s) for s in scores), tuple(int(c) for c in counts), int(counts.sum()),
-                          enc.h, self.keep_count(enc.h), p_value)
+                out.append(certificate_from_counts(labels[i], v0[i].counts, None, h, k, alpha, beta))
+                continue
+            mc = None
+            if beta == "mc":
+                is_c = votes.row_labels == int(np.argmax(v0[i].counts))
+                rng = np.random.default_rng(np.asarray(jax.random.key_data(jax.random.fold_in(keys[i], 2))).ravel())
+                mc = lambda d, u=uniq, w=weights, c=is_c, g=rng, hh=h: monte_carlo_beta(u, w, c, hh, d, n_r, g)  # noqa: E731
+            out.append(certificate_from_counts(labels[i], v0[i].counts, votes.counts, h, k, alpha, beta,
+                                               exact=exact[i], mc_beta=mc))
+        return out
 
     def certify(self, key, text: str, label: int | None, text_pair: str | None = None, *, n0: int = 100, n: int = 5000,
                 alpha: float = 0.05, beta: str = "pc", exact_threshold: int | None = None, n_r: int = 200
                 ) -> Certificate:
         """CERTIFY: g(x) from ``n0`` selection copies, a (1 - alpha) lower bound on its vote share from ``n``
         independent estimation copies, then the largest certified radius under beta = 1 (rigorous), beta = p_c
-        (the paper's) and, with ``beta="mc"``, Monte Carlo beta; ``radius`` is the one ``beta`` names (see the
-        module docstring for what each guarantees). When C(h, k) <= ``exact_threshold`` (default ``n``) every keep
-        set is classified once and p_c is exact ("exact" mode). When ``label`` is given and the selection copies
-        pick another class, the estimation copies are skipped (the radius is -1 either way;
-        ``skipped_estimation``). ``key`` should be ``fold_in(root, example_index)``; the selection and estimation
-        streams are derived from it."""
-        import jax
-
-        if label is not None and not 0 <= label < self.num_labels:
-            raise ValueError(f"label {label} out of range for {self.num_labels} classes")
-        if beta not in ("pc", "one", "mc"):
-            raise ValueError(f"beta must be 'pc', 'one' or 'mc', got {beta!r}")
-        if beta == "mc" and n_r < 1:
-            raise ValueError(f"Monte Carlo beta needs n_r >= 1 perturbation sets, got {n_r}")
-        enc = self.encode(text, text_pair)
-        h, k = enc.h, self.keep_count(enc.h)
-        exact = self.exact_mode(enc, n if exact_threshold is None else exact_threshold)
-        if exact:
-            keep = self.enumerate_keep_sets(enc)
-            uniq, weights, logits = self.classify(enc, keep)
-            counts0 = counts = self._votes(logits, weights)
-        else:
-            k_sel, k_est = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
-            _, w0, l0 = self.classify(enc, self.sample(k_sel, enc, n0))
-            counts0 = self._votes(l0, w0)
-            if label is not None and int(np.argmax(counts0)) != label:
-                return certificate_from_counts(label, counts0, None, h, k, alpha, beta)
-            uniq, weights, logits = self.classify(enc, self.sample(k_est, enc, n))
-            counts = self._votes(logits, weights)
-        mc = None
-        if beta == "mc":
-            pred = int(np.argmax(counts0))
-            is_c = logits.argmax(axis=1) == pred
-            rng = np.random.default_rng(np.asarray(jax.random.key_data(jax.random.fold_in(key, 2))).ravel())
-            mc = lambda d: monte_carlo_beta(uniq, weights, is_c, h, d, n_r, rng)  # noqa: E731
-        return certificate_from_counts(label, counts0, counts, h, k, alpha, beta, exact=exact, mc_beta=mc)
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+        (the paper's) and, with ``beta="mc"``, Monte Carlo beta; ``radius`` is the one ``beta`` names. When
+        C(h, k) <= ``exact_threshold`` (default ``n``) every keep set is classified once and p_c is exact ("exact"
+        mode). When ``label`` is given and the selection copies pick another class, the estimation copies are
+        skipped (the radius is -1 either way; ``skipped_estimation``). ``key`` should be ``fold_in(root,
+        example_index)``; the selection and estimation streams are ``fold_in(key, 0)`` and ``fold_in(key, 1)``."""
+        return self.certify_many([key], [text], [label], [text_pair], n0=n0, n=n, alpha=alpha, beta=beta,
+                                 exact_threshold=exact_threshold, n_r=n_r)[0]

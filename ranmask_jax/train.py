@@ -255,19 +255,17 @@ class Trainer:
         from ranmask_jax.smoothing import SmoothedClassifier
 
         model = nnx.merge(self.eval_graphdef, self.params, self.rest)
-        if self.smoothed is None:
-            bs = distributed.round_up(max(self.cfg.eval_n, 8), self.mesh.devices.size)
+        if self.smoothed is None:  # the copies of many dev texts share each device step
+            bs = distributed.round_up(max(self.cfg.batch_size, 64), self.mesh.devices.size)
             self.smoothed = SmoothedClassifier(model, self.tokenizer, self.cfg.rho, batch_size=bs,
                                                max_len=self.cfg.max_len, mask_side=self.cfg.mask_side,
                                                min_keep=self.cfg.min_keep, mesh=self.mesh)
         else:
             self.smoothed.update_weights(model)
         exs = self.dev_ds.examples[: self.cfg.eval_examples]
-        hits = 0
-        for i, ex in enumerate(exs):
-            pred = self.smoothed.predict(jax.random.fold_in(key, i), ex.text, ex.text_pair, n=self.cfg.eval_n)
-            hits += pred.label == ex.label
-        return hits / len(exs)
+        preds = self.smoothed.predict_many([jax.random.fold_in(key, i) for i in range(len(exs))],
+                                           [ex.text for ex in exs], [ex.text_pair for ex in exs], n=self.cfg.eval_n)
+        return sum(p.label == ex.label for p, ex in zip(preds, exs, strict=True)) / len(exs)
 
     # -- checkpoints -----------------------------------------------------------------------------------------------
     def _manager(self):

@@ -9,12 +9,14 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
+from ranmask_jax.masking import UniformKeepSets, bucket
 from ranmask_jax.models import build_model, tiny
-from ranmask_jax.smoothing import ABSTAIN, SmoothedClassifier
+from ranmask_jax.smoothing import ABSTAIN, SmoothedClassifier, dedup
 
 
 def tiny_classifier(tokenizer, num_labels=2, seed=0):
@@ -52,12 +54,14 @@ def test_sampling_converges_to_exact(smoothed):
 def test_distinct_copies_classified_once(smoothed):
     enc = smoothed.encode(TEXT5)
     keep = smoothed.sample(jax.random.key(2), enc, 500)
-    uniq, weights, logits = smoothed.classify(enc, keep)
-    assert len(uniq) <= 10 and weights.sum() == 500 and len(logits) == len(uniq)
-    # multiplicity-weighted votes equal votes over all copies
-    all_logits = smoothed.logits(enc, keep)
-    np.testing.assert_array_equal(np.bincount(all_logits.argmax(1), minlength=2),
-                                  np.bincount(logits.argmax(1), weights=weights, minlength=2).astype(int))
+    uniq, weights = dedup(keep)
+    assert len(uniq) <= 10 and weights.sum() == 500
+    # multiplicity-weighted votes and sums equal those over all copies
+    once, every = smoothed.votes([(enc, uniq, weights), (enc, keep, np.ones(len(keep)))], row_labels=True)
+    np.testing.assert_array_equal(once.counts, every.counts)
+    np.testing.assert_allclose(once.logit_sum, every.logit_sum, rtol=1e-5)
+    np.testing.assert_array_equal(np.bincount(once.row_labels, weights=weights, minlength=2).astype(int),
+                                  once.counts)
 
 
 def test_same_key_same_certificate(smoothed):
@@ -70,16 +74,93 @@ def test_same_key_same_certificate(smoothed):
     assert not np.array_equal(s3, s4)
 
 
-def test_no_recompilation_within_a_bucket(bert_tokenizer):
+def test_compile_once_per_bucket(bert_tokenizer):
     sc = SmoothedClassifier(tiny_classifier(bert_tokenizer), bert_tokenizer, rho=0.3, batch_size=32, max_len=64)
-    for text in ["one two three four five six seven", "a b c d e f g h i j k", "short text here ok ."]:
-        sc.predict(jax.random.key(0), text, n=100, exact_threshold=0)
-    assert sc.traces == 2  # 16-token bucket: full batches of 32, and 16 rows for the 10 distinct copies of the last
-    for text in ["another text of eight words right here", "x y z w v u t s r q p", "tiny one here ."]:
-        sc.predict(jax.random.key(1), text, n=100, exact_threshold=0)
-    assert sc.traces == 2  # more texts of other lengths in the same bucket: no new compilation
+    keys = [jax.random.key(i) for i in range(3)]
+    sc.predict_many(keys, ["one two three four five six seven", "a b c d e f g h i j k", "short text here ok ."],
+                    n=100, exact_threshold=0)
+    assert sc.traces == 1  # every copy is <= 16 tokens: one shape (32 rows, 16-token texts, 16-token copies)
+    sc.predict_many(keys, ["another text of eight words right here", "x y z w v u t s r q p", "tiny one here ."],
+                    n=100, exact_threshold=0)
+    assert sc.traces == 1  # other texts in the same buckets: no new compilation
+    sc.predict(jax.random.key(1), "and one more short text", n=100, exact_threshold=0)
+    assert sc.traces == 2  # its 10 distinct copies run as a small batch of 16 rows
+    sc.predict(jax.random.key(1), "and yet one more text", n=100, exact_threshold=0)
+    assert sc.traces == 2
     sc.predict(jax.random.key(0), " ".join(["word"] * 25), n=100, exact_threshold=0)
-    assert sc.traces == 3  # the 32-token bucket
+    assert sc.traces == 3  # 27-token copies of a 32-token text: a new bucket
+    sc.predict(jax.random.key(2), " ".join(["other"] * 24), n=100, exact_threshold=0)
+    assert sc.traces == 3
+
+
+def test_many_texts_in_one_call_equal_one_at_a_time(bert_tokenizer):
+    sc = SmoothedClassifier(tiny_classifier(bert_tokenizer), bert_tokenizer, rho=0.4, batch_size=64, max_len=24,
+                            texts_per_batch=3)
+    texts = ["the movie was a gripping , funny and warm ride", "a dull mess", " ".join(f"w{i}" for i in range(40)),
+             "Season grades for every college football team this fall .", "ok", "a b c d e f g h"]
+    keys = [jax.random.key(10 + i) for i in range(len(texts))]
+    together = sc.certify_many(keys, texts, [None] * len(texts), n0=30, n=200, exact_threshold=20)
+    alone = [sc.certify(k, t, None, n0=30, n=200, exact_threshold=20) for k, t in zip(keys, texts, strict=True)]
+    assert together == alone
+    preds = sc.predict_many(keys, texts, n=50, ensemble="logit")
+    for k, t, p in zip(keys, texts, preds, strict=True):
+        q = sc.predict(k, t, n=50, ensemble="logit")
+        assert p.counts == q.counts and np.allclose(p.scores, q.scores, atol=1e-5)
+
+
+def test_host_copy_lengths_match_the_device(bert_tokenizer, roberta_tokenizer):
+    from ranmask_jax.masking import build_masked, copy_lengths, encode
+
+    rng = np.random.default_rng(0)
+    cases = [("the movie was a gripping , funny and warm ride", None), (" ".join(f"w{i}" for i in range(60)), None),
+             ("a \u200b b antidisestablishmentarianism c", None),
+             ("A man plays a guitar on stage in front of a crowd .", "Someone is making music \u200b loudly")]
+    for tok in (bert_tokenizer, roberta_tokenizer):
+        for text, pair in cases:
+            for side in ("first", "second", "both"):
+                enc = encode(tok, text, pair, mask_side=side)
+                keep = rng.random((20, bucket(len(enc.token_ids)))) < 0.5
+                keep[:, enc.h:] = False
+                for max_len in (8, 13, 32, 512):
+                    t = bucket(len(enc.token_ids))
+                    _, _, attn = build_masked(**enc.padded(t, tok.pad_token_id), keep=keep, mask_id=1, pad_id=0,
+                                              max_len=max_len, out_len=min(t, max_len))
+                    np.testing.assert_array_equal(np.asarray(attn).sum(1), copy_lengths(enc, keep, max_len))
+
+
+def test_any_jittable_classifier_and_a_copy_transform(bert_tokenizer):
+    """A plain function as the base classifier, and a transform between masking and the classifier."""
+    mask = bert_tokenizer.mask_token_id
+
+    def logits_fn(params, ids, attn, types):  # class 1 iff the copy holds at least `params` mask tokens
+        many = (jnp.sum((ids == mask) & (attn > 0), axis=-1) >= params).astype(jnp.float32)
+        return jnp.stack([1 - many, many], axis=-1)
+
+    def unmask(t_params, key, ids, attn, types):  # a "refill": every mask token becomes t_params
+        return jnp.where(ids == mask, t_params, ids), attn, types
+
+    text = "one two three four five six seven eight nine ten"
+    plain = SmoothedClassifier.from_logits_fn(logits_fn, jnp.int32(3), bert_tokenizer, UniformKeepSets(0.5),
+                                              num_labels=2, max_len=32)
+    pr = plain.predict(jax.random.key(0), text, n=100)
+    assert pr.counts == (0, 100) and pr.k == 5  # 5 of 10 words masked: always >= 3 mask tokens
+    refilled = SmoothedClassifier.from_logits_fn(logits_fn, jnp.int32(3), bert_tokenizer, UniformKeepSets(0.5),
+                                                 num_labels=2, max_len=32, transform=unmask,
+                                                 transform_params=jnp.int32(1037))
+    assert refilled.predict(jax.random.key(0), text, n=100).counts == (100, 0)
+    scores = plain.scores(jax.random.key(1), [text, "a b c d e f"], n=20)
+    assert scores.shape == (2, 2) and np.allclose(scores.sum(1), 1)
+
+
+def test_non_uniform_keep_sets_have_no_certificate(bert_tokenizer):
+    class Weighted(UniformKeepSets):
+        certifiable = False
+
+    sc = SmoothedClassifier.from_logits_fn(lambda p, i, a, t: jnp.zeros((i.shape[0], 2)), None, bert_tokenizer,
+                                           Weighted(0.5), num_labels=2)
+    with pytest.raises(ValueError, match="Weighted keep sets have no certificate"):
+        sc.certify(jax.random.key(0), "a b c", None)
+    assert sc.predict(jax.random.key(0), "a b c", n=5).n == 3  # C(3, 2) = 3 keep sets, enumerated
 
 
 def test_small_calls_use_small_batches(smoothed):
