@@ -17,7 +17,7 @@ export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$RUNS/.jax-cache}
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-0}"
 
 publish() {  # run_dir: copy what a reader needs to check the tables (rows, summaries, configs), not the weights
-    local run="$1" dest="docs/runs/$(basename "$1")"
+    local run="$1" dest="${PUBLISH_DIR:-docs/runs}/$(basename "$1")"
     mkdir -p "$dest"
     for f in train_config.json ranmask_run.json metrics.jsonl; do [ -f "$run/$f" ] && cp "$run/$f" "$dest/"; done
     for d in certify-test accuracy-test; do
