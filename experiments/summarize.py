@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> None:
         if rows:
             by = by_beta(rows)
             one, pc = by["one"], by["pc"]
-            curves[(f"rho={meta['rho']}, beta=1", run.name)] = one
-            curves[(f"rho={meta['rho']}, beta=p_c", run.name)] = pc
+            curves[(f"rho = {meta['rho']}, beta = 1", run.name)] = dict(one, n=len(rows))
+            curves[(f"rho = {meta['rho']}, beta = p_c", run.name)] = dict(pc, n=len(rows))
             secs = [r["seconds"] for r in rows]
             timing = f"{statistics.median(secs):.2f} ({sum(secs) / 60:.1f})"
             s = metrics.summarize(rows)
