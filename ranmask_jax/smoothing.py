@@ -16,8 +16,8 @@ with a text index per row. Each batch builds its copies on the device, classifie
 and probabilities per text ON the device; batches are dispatched without waiting and the host fetches only the
 per-text sums. One compilation per (batch rows, texts per batch, text bucket, copy bucket).
 
-The certificate is computed from the votes by ``ranmask_jax.certificate`` (re-exported here), whose docstring says
-what each beta guarantees.
+The certificate is computed from the votes by ``ranmask_jax.certificate``, whose docstring says what each beta
+guarantees.
 """
 
 from __future__ import annotations
@@ -27,20 +27,7 @@ from typing import Literal
 
 import numpy as np
 
-from ranmask_jax.certificate import (  # noqa: F401  (re-exported: the public certificate API)
-    ABSTAIN,
-    NOT_CERTIFIED,
-    Certificate,
-    binomial_abstain,
-    certificate_from_counts,
-    certified_radius,
-    clopper_pearson_lower,
-    delta,
-    delta_fraction,
-    monte_carlo_beta,
-    radius_from_bound,
-    risk_probability,
-)
+from ranmask_jax.certificate import ABSTAIN, Certificate, binomial_abstain, certificate_from_counts, monte_carlo_beta
 from ranmask_jax.masking import DEFAULT_MIN_KEEP, EncodedText, UniformKeepSets, bucket, copy_lengths
 
 Ensemble = Literal["vote", "logit", "prob"]
