@@ -25,7 +25,7 @@ import numpy as np
 from ranmask_jax import distributed, metrics
 from ranmask_jax.config import CertifyConfig, check_resume_config
 from ranmask_jax.data import DataError, load_dataset
-from ranmask_jax.files import RowFile, fingerprint_files, fingerprint_rows, read_json
+from ranmask_jax.files import RowFile, fingerprint_files, fingerprint_rows, read_json, read_rows
 from ranmask_jax.masking import DEFAULT_MIN_KEEP
 from ranmask_jax.models import load_pretrained
 from ranmask_jax.models.pretrained import resolve
@@ -34,10 +34,11 @@ from ranmask_jax.smoothing import SmoothedClassifier
 
 log = logging.getLogger(__name__)
 
-RESUMABLE_CHANGES = ("data_dir", "batch_size", "num_examples", "texts_per_call")
+RESUMABLE_CHANGES = ("data_dir", "batch_size", "num_examples", "texts_per_call", "coordinator_address",
+                     "num_processes", "process_id")
 
 
-def smoothed_from_run(cfg: CertifyConfig) -> tuple[SmoothedClassifier, dict]:
+def smoothed_from_run(cfg: CertifyConfig, local: bool = False) -> tuple[SmoothedClassifier, dict]:
     """The smoothed classifier of a run directory, with the run's rho / max_len / mask side unless overridden.
     ``settings["label_names"]`` is the run's label map (None for a model directory that names no labels)."""
     model_dir, meta = resolve(cfg.run_dir)
@@ -51,8 +52,9 @@ def smoothed_from_run(cfg: CertifyConfig) -> tuple[SmoothedClassifier, dict]:
                                                                                                 DEFAULT_MIN_KEEP),
                 "max_len": cfg.max_len if cfg.max_len is not None else meta.get("max_len", 128),
                 "mask_side": cfg.mask_side or meta.get("mask_side", "second")}
-    bs = distributed.round_up(cfg.batch_size, len(jax.devices()))
-    sc = SmoothedClassifier(model, tok, batch_size=bs, **settings)
+    mesh = distributed.make_mesh(local=local)  # local: each process of a multi-process run works on its own texts
+    bs = distributed.round_up(cfg.batch_size, mesh.devices.size)
+    sc = SmoothedClassifier(model, tok, batch_size=bs, mesh=mesh, **settings)
     names = meta.get("label_names") or _config_label_names(model_dir, sc.num_labels)
     weights = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("pytorch_model*.bin"))
     return sc, {**settings, "label_names": names, "model_fingerprint": fingerprint_files(weights)}
@@ -87,23 +89,32 @@ def certify_dataset(cfg: CertifyConfig) -> dict:
     """Certify ``cfg.num_examples`` texts of a dataset split; returns the summary (also written to disk).
 
     Rows stream into ``certify.jsonl`` (append-only, locked: a second run into the same ``--out`` is refused). A
-    rerun with the same flags, model weights and data resumes after the last written row."""
+    rerun with the same flags, model weights and data resumes after the last written row. With several processes
+    (``--num-processes``), process i certifies every i-th remaining text into ``certify.p<i>.jsonl`` on its own
+    devices; when all are done, process 0 merges the rows into ``certify.jsonl`` and writes the summary."""
     from tqdm.auto import tqdm
 
+    distributed.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
+    rank, world = jax.process_index(), jax.process_count()
     out = Path(cfg.out)
-    with RowFile(out / "certify.jsonl") as rowfile:
-        sc, settings = smoothed_from_run(cfg)
+    own = out / ("certify.jsonl" if world == 1 else f"certify.p{rank}.jsonl")
+    with RowFile(own) as rowfile:
+        sc, settings = smoothed_from_run(cfg, local=world > 1)
         ds = load_for_run(cfg, settings, sc.num_labels)
         indices = select_indices(len(ds), cfg.num_examples, cfg.seed)
         selected = [[int(i), ds.examples[i].text, ds.examples[i].text_pair, ds.examples[i].label] for i in indices]
-        check_resume_config(out / "certify_config.json", cfg, RESUMABLE_CHANGES, started=bool(rowfile.rows),
+        seen = {r["index"]: own.name for r in rowfile.rows}
+        others = [r for f in _row_files(out) if f != own for r in read_rows(f, seen=seen)]
+        check_resume_config(out / "certify_config.json", cfg, RESUMABLE_CHANGES,
+                            started=bool(rowfile.rows or others), write=rank == 0,
                             extra={"model_fingerprint": settings["model_fingerprint"],
                                    "data_fingerprint": fingerprint_rows(selected)})
-        rows = rowfile.rows
+        rows = rowfile.rows + others
         done = {r["index"] for r in rows}
-        todo = [int(i) for i in indices if int(i) not in done]
+        todo = [int(i) for i in indices if int(i) not in done][rank::world]
         if done:
-            log.info("resuming: %d of %d texts already certified", len(indices) - len(todo), len(indices))
+            log.info("resuming: %d of %d texts already certified", len(done & set(indices.tolist())),
+                     len(indices))
         root = jax.random.key(cfg.seed)
         # exact mode when enumerating costs no more copies than sampling would: n (certify) or n0 (accuracy only)
         thr = (cfg.n0 if cfg.accuracy_only else cfg.n) if cfg.exact_threshold is None else cfg.exact_threshold
@@ -112,8 +123,8 @@ def certify_dataset(cfg: CertifyConfig) -> dict:
         n_correct = sum(bool(r["correct"]) for r in rows)  # kept up to date below: the log line costs O(1) a text
         step = cfg.texts_per_call
         for j in range(0, len(todo), step):
-            beat("%d/%d texts, accuracy of g so far %.1f%%, %.2f s a text", len(indices) - len(todo) + j,
-                 len(indices), 100 * n_correct / max(len(rows), 1), (time.perf_counter() - t_start) / max(j, 1))
+            beat("%d/%d texts, accuracy of g so far %.1f%%, %.2f s a text", len(done) + j * world, len(indices),
+                 100 * n_correct / max(len(rows), 1), (time.perf_counter() - t_start) / max(j, 1))
             group = todo[j:j + step]
             exs = [ds.examples[i] for i in group]
             keys = [jax.random.fold_in(root, i) for i in group]
@@ -141,9 +152,27 @@ def certify_dataset(cfg: CertifyConfig) -> dict:
                 n_correct += bool(row["correct"])
             bar.update(len(group))
         bar.close()
+    distributed.barrier("certify: every process has written its rows")
+    if rank != 0:
+        return {"process": rank, "rows_written": len(todo)}
+    with RowFile(out / "certify.jsonl") as merged:
+        have = {r["index"] for r in merged.rows}
+        for f in _row_files(out):
+            if f.name == "certify.jsonl":
+                continue
+            for r in read_rows(f):
+                if r["index"] not in have:
+                    merged.append(r)
+                    have.add(r["index"])
+            f.unlink()
         wanted = set(indices.tolist())
-        rows = [r for r in rows if r["index"] in wanted]
-        return write_summary(out, rows, cfg, settings, ds)
+        rows = sorted((r for r in merged.rows if r["index"] in wanted), key=lambda r: r["index"])
+    return write_summary(out, rows, cfg, settings, ds)
+
+
+def _row_files(out: Path) -> list[Path]:
+    """The row files of a run: certify.jsonl and the per-process certify.p<i>.jsonl."""
+    return sorted(out.glob("certify.jsonl")) + sorted(out.glob("certify.p*.jsonl"))
 
 
 DISPLAY_NAMES = {"sst2": "SST-2", "ag_news": "AG News", "imdb": "IMDB", "snli": "SNLI"}

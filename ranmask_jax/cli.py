@@ -76,9 +76,12 @@ def certify_main(argv: list[str] | None = None) -> int:
     summary_fn = certify_dataset
 
     def run(c):
-        summary_fn(c)
+        summary = summary_fn(c)
         from pathlib import Path
 
+        if "process" in summary:  # a process other than 0 of a multi-process run: process 0 reports
+            print(f"process {summary['process']}: {summary['rows_written']} rows written", file=sys.stderr)
+            return None
         out = Path(c.out)
         print((out / "table.md").read_text())
         files = ["certify.jsonl", "summary.json", "table.md"] + ([] if c.accuracy_only else

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import typing
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,10 @@ class CertifyConfig:
                                     "(pairs: premise<TAB>hypothesis), instead of certifying a dataset")
     radius: bool = opt(False, "with --predict: also certify g's answer and report its radius")
     allow_pickle: bool = opt(False, "allow loading a pickled pytorch_model.bin (runs code from the file)")
+    coordinator_address: str | None = opt(None, "multi-process runs: HOST:PORT of process 0 (default: "
+                                                "$JAX_COORDINATOR_ADDRESS; unset: one process)")
+    num_processes: int | None = opt(None, "multi-process runs: how many processes (default: $JAX_NUM_PROCESSES)")
+    process_id: int | None = opt(None, "multi-process runs: this process's index (default: $JAX_PROCESS_ID)")
 
     def __post_init__(self):
         if not self.run_dir:
@@ -170,7 +175,7 @@ def from_args(cls: type, args: argparse.Namespace):
 
 
 def check_resume_config(path: str | Path, cfg: Any, may_change: tuple[str, ...], started: bool,
-                        extra: dict | None = None) -> None:
+                        extra: dict | None = None, write: bool = True) -> None:
     """Write ``cfg`` (and ``extra``, e.g. fingerprints of the model weights and the data) to ``path``. If a run
     that ``started`` (left checkpoints or rows) wrote one there, refuse a config that differs in any field outside
     ``may_change``: resuming with other settings would silently mix two experiments. A run that failed before
@@ -190,4 +195,7 @@ def check_resume_config(path: str | Path, cfg: Any, may_change: tuple[str, ...],
                                 for k in diff)
             raise ValueError(f"{path.parent} holds a run with a different config ({changes}); use a new output "
                              "directory, or the same flags, model and data to resume")
-    path.write_text(json.dumps(now, indent=2) + "\n")
+    if write:  # atomically: other processes of the run may be reading it
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(now, indent=2) + "\n")
+        os.replace(tmp, path)

@@ -16,15 +16,35 @@ from jax.sharding import PartitionSpec as P
 DATA = "data"
 
 
-def initialize() -> None:
-    """Join a multi-host job when the environment describes one (coordinator address set); no-op otherwise."""
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("COORDINATOR_ADDRESS"):
-        jax.distributed.initialize()
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> None:
+    """Join a multi-process job when one is described (by the arguments, or by JAX_COORDINATOR_ADDRESS /
+    JAX_NUM_PROCESSES / JAX_PROCESS_ID); a no-op for one process. On TPU pods and Slurm/Kubernetes GPU jobs JAX
+    finds the coordinator itself when ``JAX_COORDINATOR_ADDRESS`` is set to anything (see docs/SCALING.md)."""
+    address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("COORDINATOR_ADDRESS")
+    if not address or jax.distributed.is_initialized():
+        return
+    num = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES")
+    pid = process_id if process_id is not None else _env_int("JAX_PROCESS_ID")
+    jax.distributed.initialize(address, num_processes=num, process_id=pid)
 
 
-def make_mesh(num_devices: int | None = None) -> Mesh:
-    """A 1-D ``data`` mesh over all (or the first ``num_devices``) devices."""
-    devices = jax.devices()
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else None
+
+
+def barrier(name: str) -> None:
+    """Wait until every process of a multi-process job reaches this point (a no-op for one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def make_mesh(num_devices: int | None = None, local: bool = False) -> Mesh:
+    """A 1-D ``data`` mesh over all (or the first ``num_devices``) devices; ``local``: this process's only."""
+    devices = jax.local_devices() if local else jax.devices()
     n = len(devices) if num_devices is None else num_devices
     if not 1 <= n <= len(devices):
         raise ValueError(f"asked for {n} devices, {len(devices)} available")

@@ -57,6 +57,46 @@ class RunLocked(OSError):
     pass
 
 
+def _is_json(data: bytes) -> bool:
+    try:
+        json.loads(data)
+        return True
+    except ValueError:
+        return False
+
+
+def parse_rows(data: bytes, path: Path, key: str, seen: dict | None = None) -> list[dict]:
+    """The rows of a JSONL file's complete lines; a damaged row, a row without ``key`` or a second row for a key
+    (also across files, through ``seen``) is a ``FileError`` naming the line."""
+    rows, seen = [], {} if seen is None else seen
+    for i, line in enumerate(data.decode("utf-8", errors="replace").split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise FileError(f"{path}:{i}: damaged row in the middle of the file; remove that line to resume") \
+                from None
+        k = row.get(key) if isinstance(row, dict) else None
+        if k is None:
+            raise FileError(f"{path}:{i}: row without {key!r}")
+        if k in seen:
+            raise FileError(f"{path}:{i}: a second row for {key} {k} (the first is at {seen[k]}); two runs wrote "
+                            "these rows, or a file was edited: remove one")
+        seen[k] = f"{path.name}:{i}"
+        rows.append(row)
+    return rows
+
+
+def read_rows(path: Path, key: str = "index", seen: dict | None = None) -> list[dict]:
+    """The complete rows of a row file another process may still be appending to (a partial last line is
+    ignored, not repaired)."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    return parse_rows(data[: data.rfind(b"\n") + 1], path, key, seen)
+
+
 class RowFile:
     """An append-only JSONL file of rows keyed by ``key``, held under an exclusive lock while open.
 
@@ -101,40 +141,16 @@ class RowFile:
         data = self.path.read_bytes()
         complete = data.rfind(b"\n") + 1
         if complete < len(data):  # a row cut by a crash: drop it by truncating, never by rewriting the file
-            tail = data[complete:]
-            try:
-                json.loads(tail)
-                ok = True
-            except ValueError:
-                ok = False
-            if ok:  # a complete last row that only lacks its newline
+            if _is_json(data[complete:]):  # a complete last row that only lacks its newline
                 with open(self.path, "ab") as f:
                     f.write(b"\n")
-                complete = len(data) + 1
                 data += b"\n"
             else:
                 log.warning("%s:%d: dropping a partial last row (interrupted write)", self.path,
                             data.count(b"\n") + 1)
                 os.truncate(self.path, complete)
                 data = data[:complete]
-        rows, seen = [], {}
-        for i, line in enumerate(data.decode("utf-8", errors="replace").split("\n"), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise FileError(f"{self.path}:{i}: damaged row in the middle of the file; remove that line to "
-                                "resume") from None
-            k = row.get(self.key) if isinstance(row, dict) else None
-            if k is None:
-                raise FileError(f"{self.path}:{i}: row without {self.key!r}")
-            if k in seen:
-                raise FileError(f"{self.path}:{i}: a second row for {self.key} {k} (the first is on line "
-                                f"{seen[k]}); two runs wrote into this file, or it was edited: remove one")
-            seen[k] = i
-            rows.append(row)
-        return rows
+        return parse_rows(data, self.path, self.key)
 
     def append(self, row: dict) -> None:
         self._f.write(json.dumps(row) + "\n")

@@ -240,7 +240,8 @@ def test_a_second_run_into_the_same_output_is_refused(capsys, trained_run, tiny_
 def test_duplicate_rows_are_an_error(tmp_path):
     p = tmp_path / "certify.jsonl"
     p.write_text('{"index": 3}\n{"index": 5}\n{"index": 3}\n')
-    with pytest.raises(FileError, match=r"certify\.jsonl:3: a second row for index 3 \(the first is on line 1\)"):
+    with pytest.raises(FileError, match=r"certify\.jsonl:3: a second row for index 3 \(the first is at "
+                                        r"certify\.jsonl:1\)"):
         with RowFile(p):
             pass
     p.write_text('{"index": 3}\n{"ind\n{"index": 4}\n')
