@@ -53,7 +53,8 @@ def smoothed_from_run(cfg: CertifyConfig, local: bool = False) -> tuple[Smoothed
                 "max_len": cfg.max_len if cfg.max_len is not None else meta.get("max_len", 128),
                 "mask_side": cfg.mask_side or meta.get("mask_side", "second")}
     mesh = distributed.make_mesh(local=local)  # local: each process of a multi-process run works on its own texts
-    bs = distributed.round_up(cfg.batch_size, mesh.devices.size)
+    rows = cfg.batch_size or (64 if mesh.devices.flat[0].platform == "cpu" else 256) * mesh.devices.size
+    bs = distributed.round_up(rows, mesh.devices.size)
     sc = SmoothedClassifier(model, tok, batch_size=bs, mesh=mesh, **settings)
     names = meta.get("label_names") or _config_label_names(model_dir, sc.num_labels)
     weights = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("pytorch_model*.bin"))

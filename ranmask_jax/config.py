@@ -109,7 +109,8 @@ class CertifyConfig:
     max_len: int | None = opt(None, "maximum tokens the model reads; copies are cut after masking (default: the "
                                     "run's)")
     mask_side: str | None = opt(None, "for pairs: masked side (default: the run's)")
-    batch_size: int = opt(256, "masked copies per device step")
+    batch_size: int | None = opt(None, "masked copies per device step (default: 64 per CPU device, 256 per GPU/TPU; "
+                                       "on a 2-core CPU 64-row steps certified faster than 256, docs/BENCHMARKS.md)")
     texts_per_call: int = opt(16, "texts certified together (their copies share device steps); rows are written "
                                   "after each group, so an interruption loses at most one group")
     dtype: str = opt("float32", "compute dtype")
@@ -137,7 +138,7 @@ class CertifyConfig:
         if self.num_examples is not None and self.num_examples < 1:
             raise ValueError("num_examples must be >= 1")
         for name in ("batch_size", "n_r", "texts_per_call"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("min_keep", "exact_threshold"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
