@@ -281,7 +281,6 @@ class SmoothedClassifier:
         import jax
 
         texts = np.unique(take[:, 0])
-        slot_of = {int(i): s for s, i in enumerate(texts)}
         width = max(bucket(len(reqs[i].enc.token_ids)) for i in texts)
         padded = [reqs[i].enc.padded(width, self.pad_id) for i in texts]
         names = ("token_ids", "token_type_ids", "word_index", "first_of_word", "has_token", "segment")
@@ -289,11 +288,12 @@ class SmoothedClassifier:
         keep = np.zeros((rows, width), bool)
         weight = np.zeros(rows, np.float32)
         row_text = np.zeros(rows, np.int32)
-        for j, (i, r, _) in enumerate(take):
-            kp = reqs[i].keep[r]
-            keep[j, :len(kp)] = kp
-            weight[j] = reqs[i].weights[r]
-            row_text[j] = slot_of[int(i)]
+        for slot, i in enumerate(texts):  # one vectorised copy per text, not per row
+            sel = np.flatnonzero(take[:, 0] == i)
+            kp = reqs[i].keep[take[sel, 1]]
+            keep[sel, :kp.shape[1]] = kp
+            weight[sel] = reqs[i].weights[take[sel, 1]]
+            row_text[sel] = slot
         t_key = jax.random.fold_in(self._transform_key, self._batches)
         self._batches += 1
         return self._step(self._params, self._t_params, t_key, jax.device_put(table, self._rep),
