@@ -64,7 +64,8 @@ for stage in "$@"; do
             stage "sst2-rho$rho" sst2 --rho "$rho" --epochs 3 --max-len 64 --eval-n 16 --checkpoint-every 100 ;;
         agnews-*)
             rho="${stage#agnews-}"
-            stage "agnews-rho$rho" ag_news --rho "$rho" --epochs 2 --max-len 128 --eval-n 16 --checkpoint-every 100 ;;
+            stage "agnews-rho$rho" ag_news --rho "$rho" --epochs 2 --max-len 128 --group-by-length 50 --eval-n 16 \
+                --checkpoint-every 100 ;;
         imdb-*)  # 100 test reviews, certified whole (h counts every word); the copies are cut to 256 tokens
             rho="${stage#imdb-}"
             CERTIFY_STAGE_ARGS="--num-examples 100" SKIP_ACCURACY=1 stage "imdb-rho$rho" imdb --rho "$rho" --epochs 1 \
