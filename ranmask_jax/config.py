@@ -56,6 +56,10 @@ class TrainConfig:
     log_every: int = opt(10, "log metrics (and check the loss for NaN/inf) every this many steps")
     dtype: str = opt("float32", "compute dtype: float32 or bfloat16")
     allow_pickle: bool = opt(False, "allow loading a pickled pytorch_model.bin (runs code from the file)")
+    coordinator_address: str | None = opt(None, "multi-process runs: HOST:PORT of process 0 (default: "
+                                                "$JAX_COORDINATOR_ADDRESS; unset: one process)")
+    num_processes: int | None = opt(None, "multi-process runs: how many processes (default: $JAX_NUM_PROCESSES)")
+    process_id: int | None = opt(None, "multi-process runs: this process's index (default: $JAX_PROCESS_ID)")
 
     def __post_init__(self):
         if not self.out_dir:

@@ -60,13 +60,51 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 
 def replicate(tree, mesh: Mesh):
-    """Put every array of ``tree`` on all devices of the mesh."""
-    return jax.device_put(tree, replicated(mesh))
+    """Put every array of ``tree`` on all devices of the mesh. In a multi-process job every process must pass the
+    same values (e.g. weights initialised from the same seed); arrays already replicated on the mesh are kept."""
+    sharding = replicated(mesh)
+    if jax.process_count() == 1 or all(d.process_index == jax.process_index() for d in mesh.devices.flat):
+        return jax.device_put(tree, sharding)
+
+    def put(a):
+        if isinstance(a, jax.Array) and a.sharding.is_equivalent_to(sharding, a.ndim):
+            return a
+        if isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            data = jax.make_array_from_process_local_data(sharding, np.asarray(jax.random.key_data(a)))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(a))
+        return jax.make_array_from_process_local_data(sharding, np.asarray(a))
+
+    return jax.tree.map(put, tree)
 
 
 def shard_batch(tree, mesh: Mesh):
-    """Split the leading (batch) axis of every array of ``tree`` over the ``data`` axis."""
+    """Split the leading (batch) axis of every array of ``tree`` over the ``data`` axis (one process)."""
     return jax.device_put(tree, batch_sharded(mesh))
+
+
+def global_batch(local: dict, rows: int, mesh: Mesh) -> dict:
+    """Assemble a global batch of ``rows`` rows, split over the ``data`` axis, from this process's contiguous part
+    of it (all of it in a one-process run): process i holds rows ``[i * rows / P, (i + 1) * rows / P)``."""
+    sharding = batch_sharded(mesh)
+    return {name: jax.make_array_from_process_local_data(sharding, a, (rows, *a.shape[1:]))
+            for name, a in local.items()}
+
+
+def local_rows(rows: int) -> slice:
+    """This process's contiguous share of a global batch of ``rows`` rows (see ``global_batch``)."""
+    world, rank = jax.process_count(), jax.process_index()
+    if rows % world:
+        raise ValueError(f"a batch of {rows} rows does not split over {world} processes")
+    per = rows // world
+    return slice(rank * per, (rank + 1) * per)
+
+
+def to_local(tree, mesh: Mesh):
+    """This process's copy of a replicated tree, placed on the process's own devices (``mesh`` a local mesh)."""
+    def get(a):
+        return a.addressable_data(0) if isinstance(a, jax.Array) else a
+
+    return jax.device_put(jax.tree.map(get, tree), replicated(mesh))
 
 
 def round_up(n: int, multiple: int) -> int:

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from ranmask_jax.progress import Heartbeat
 log = logging.getLogger(__name__)
 
 # config fields that may change between a run and its resumption (they do not change the trajectory)
-RESUMABLE_CHANGES = ("data_dir", "log_every", "allow_pickle")
+RESUMABLE_CHANGES = ("data_dir", "log_every", "allow_pickle", "coordinator_address", "num_processes", "process_id")
 
 
 class TrainingError(RuntimeError):
@@ -48,7 +49,7 @@ def _check_writable(directory: Path) -> None:
     """Fail before the first step, not at the first checkpoint, when checkpoints cannot be written."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".write-test"
+        probe = directory / f".write-test.{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
@@ -59,7 +60,7 @@ def _check_writable(directory: Path) -> None:
 class EncodedSet:
     """A dataset tokenized once, whole (nothing truncated before masking), with word units. The per-slot arrays of
     all texts are concatenated; ``starts[i]:starts[i + 1]`` are text i's slots. ``batch`` pads a batch to the
-    bucket of its longest text."""
+    bucket of its longest text (or to ``length``)."""
 
     slots: dict[str, np.ndarray]  # token_ids, token_type_ids, word_index, first_of_word, has_token, segment
     starts: np.ndarray  # [N + 1]
@@ -75,8 +76,8 @@ class EncodedSet:
         """Slots per text (tokens of the unmasked text, plus one per word that has no token)."""
         return np.diff(self.starts)
 
-    def batch(self, idx: np.ndarray, pad_id: int) -> dict[str, np.ndarray]:
-        t = bucket(int(self.lengths[idx].max()))
+    def batch(self, idx: np.ndarray, pad_id: int, length: int | None = None) -> dict[str, np.ndarray]:
+        t = bucket(int(self.lengths[idx].max())) if length is None else length
         fill = {"token_ids": pad_id, "token_type_ids": 0, "word_index": PAD, "first_of_word": False,
                 "has_token": False, "segment": -1}
         out = {name: np.full((len(idx), t), fill[name], a.dtype) for name, a in self.slots.items()}
@@ -152,12 +153,13 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.out_dir)
         self.mesh = distributed.make_mesh()
+        self.lead = jax.process_index() == 0  # the process that logs, writes metrics and exports the model
         n_dev = self.mesh.devices.size
         if cfg.batch_size % n_dev:
             raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of the {n_dev} devices")
         _check_writable(self.out / "checkpoints")
-        started = any((self.out / "checkpoints").iterdir())
-        check_resume_config(self.out / "train_config.json", cfg, RESUMABLE_CHANGES, started)
+        started = any(p.name.isdigit() for p in (self.out / "checkpoints").iterdir())
+        check_resume_config(self.out / "train_config.json", cfg, RESUMABLE_CHANGES, started, write=self.lead)
         files = {"text_field": cfg.text_field, "pair_field": cfg.pair_field, "label_field": cfg.label_field,
                  "encoding": cfg.encoding, "multiline_fields": cfg.multiline_fields}
         self.train_ds = load_dataset(cfg.dataset, cfg.train_split, cfg.data_dir, **files)
@@ -202,7 +204,8 @@ class Trainer:
         self.rest = distributed.replicate(self.rest, self.mesh)
         self.root = jax.random.key(cfg.seed)
         self._train_step = jax.jit(self._step, donate_argnums=(0, 1))
-        self._eval_logits = jax.jit(self._masked_logits)
+        # gathered on every device, so that each process can read all the logits
+        self._eval_logits = jax.jit(self._masked_logits, out_shardings=distributed.replicated(self.mesh))
         self.smoothed = None
 
     # -- config / resume ----------------------------------------------------------------------------------------------
@@ -229,8 +232,12 @@ class Trainer:
         ids, types, attn = mask_batch(key, batch, self.mask_id, self.pad_id, self.cfg.max_len)
         return nnx.merge(self.eval_graphdef, params, rest)(ids, attn, types)
 
-    def _shard(self, batch: dict) -> dict:
-        return distributed.shard_batch(batch, self.mesh)
+    def _device_batch(self, data: EncodedSet, idx: np.ndarray) -> dict:
+        """The global batch of texts ``idx`` split over the mesh; each process builds only its own rows, padded to
+        the bucket of the longest text of the whole batch."""
+        t = bucket(int(data.lengths[idx].max()))
+        local = data.batch(idx[distributed.local_rows(len(idx))], self.pad_id, length=t)
+        return distributed.global_batch(local, len(idx), self.mesh)
 
     # -- evaluation ------------------------------------------------------------------------------------------------
     def evaluate(self) -> dict:
@@ -243,7 +250,7 @@ class Trainer:
         for s in range(0, n, cfg.batch_size):
             idx = np.arange(s, min(s + cfg.batch_size, n))
             padded = np.concatenate([idx, np.full(cfg.batch_size - len(idx), idx[0])])
-            batch = self._shard(self.dev.batch(padded, self.pad_id))
+            batch = self._device_batch(self.dev, padded)
             logits = np.asarray(self._eval_logits(self.params, self.rest, batch, jax.random.fold_in(key, s)))
             correct += int((logits[: len(idx)].argmax(-1) == self.dev.labels[idx]).sum())
         res = {"dev_masked_accuracy": correct / n}
@@ -254,12 +261,16 @@ class Trainer:
     def _smoothed_accuracy(self, key) -> float:
         from ranmask_jax.smoothing import SmoothedClassifier
 
-        model = nnx.merge(self.eval_graphdef, self.params, self.rest)
+        # several processes: each evaluates the same dev texts on its own devices (same keys, same answer)
+        mesh = self.mesh if jax.process_count() == 1 else distributed.make_mesh(local=True)
+        params, rest = (self.params, self.rest) if mesh is self.mesh else \
+            distributed.to_local((self.params, self.rest), mesh)
+        model = nnx.merge(self.eval_graphdef, params, rest)
         if self.smoothed is None:  # the copies of many dev texts share each device step
-            bs = distributed.round_up(max(self.cfg.batch_size, 64), self.mesh.devices.size)
+            bs = distributed.round_up(max(self.cfg.batch_size, 64), mesh.devices.size)
             self.smoothed = SmoothedClassifier(model, self.tokenizer, self.cfg.rho, batch_size=bs,
                                                max_len=self.cfg.max_len, mask_side=self.cfg.mask_side,
-                                               min_keep=self.cfg.min_keep, mesh=self.mesh)
+                                               min_keep=self.cfg.min_keep, mesh=mesh)
         else:
             self.smoothed.update_weights(model)
         exs = self.dev_ds.examples[: self.cfg.eval_examples]
@@ -310,6 +321,8 @@ class Trainer:
         return 0, {"best": None, "best_step": None}
 
     def _export_best(self, step: int, scores: dict) -> None:
+        if not self.lead:
+            return
         model = nnx.merge(self.eval_graphdef, self.params, self.rest)
         export_pretrained(model, self.tokenizer, self.model_cfg.replace(dtype="float32"), self.out / "model",
                           label_names=self.train_ds.label_names)
@@ -326,15 +339,16 @@ class Trainer:
         cfg = self.cfg
         mgr = self._manager()
         step, progress = self._restore(mgr)
-        metrics_file = open(self.out / "metrics.jsonl", "a")
+        metrics_file = open(self.out / "metrics.jsonl", "a") if self.lead else None
         last_eval: dict = {}
 
         def emit(row: dict) -> None:
-            metrics_file.write(json.dumps(row) + "\n")
-            metrics_file.flush()
+            if metrics_file is not None:
+                metrics_file.write(json.dumps(row) + "\n")
+                metrics_file.flush()
 
         bar = tqdm(total=self.total_steps, initial=step, desc=f"train rho={cfg.rho}", unit="step",
-                   disable=None, dynamic_ncols=True)
+                   disable=None if self.lead else True, dynamic_ncols=True)
         t0, pending, start_step = time.time(), [], step
         beat = Heartbeat(log, bar)
         order_epoch, order = -1, None
@@ -344,7 +358,7 @@ class Trainer:
                 order_epoch, order = epoch, epoch_order(cfg.seed, epoch, len(self.train), self.train.lengths,
                                                         cfg.batch_size, cfg.group_by_length)
             idx = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
-            batch = self._shard(self.train.batch(idx, self.pad_id))
+            batch = self._device_batch(self.train, idx)
             self.params, self.opt_state, m = self._train_step(self.params, self.opt_state, self.rest, batch,
                                                               jax.random.fold_in(self.root, step))
             step += 1
@@ -360,8 +374,9 @@ class Trainer:
                 bar.set_postfix(loss=f"{vals['loss']:.4f}")
                 emit({"step": step, "epoch": step / self.steps_per_epoch, **vals,
                       "elapsed_s": round(time.time() - t0, 2)})
-                beat("step %d/%d  loss %.4f  %.2f s/step", step, self.total_steps, vals["loss"],
-                     (time.time() - t0) / (step - start_step))
+                if self.lead:
+                    beat("step %d/%d  loss %.4f  %.2f s/step", step, self.total_steps, vals["loss"],
+                         (time.time() - t0) / (step - start_step))
             if epoch_end:
                 if self.dev is not None:
                     last_eval = self.evaluate()
@@ -376,8 +391,9 @@ class Trainer:
             if step % cfg.checkpoint_every == 0 or epoch_end:
                 self._save(mgr, step, progress)
         bar.close()
-        metrics_file.close()
-        if not (self.out / RUN_META).exists():  # resumed after the last epoch end without a model export
+        if metrics_file is not None:
+            metrics_file.close()
+        if self.lead and not (self.out / RUN_META).exists():  # resumed after the last epoch end without a model export
             self._export_best(step, last_eval)
         metric = "dev_smoothed_accuracy" if self.cfg.eval_n > 0 else "dev_masked_accuracy"
         return {"steps": step, "kept_model": f"step {progress['best_step']}, the best {metric} "
@@ -387,5 +403,5 @@ class Trainer:
 
 def train(cfg: TrainConfig) -> dict:
     """Train a RanMASK base classifier as ``cfg`` says; returns the final/best dev scores."""
-    distributed.initialize()
+    distributed.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
     return Trainer(cfg).run()

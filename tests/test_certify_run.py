@@ -103,34 +103,16 @@ def test_max_len_beyond_the_model_is_refused(trained_run):  # noqa: F811
     assert "Traceback" not in res.stderr
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_give_the_rows_of_one(certified, trained_run, tiny_setup, tmp_path):  # noqa: F811
     """Two processes on localhost (CPU collectives) split the texts, write their own row files, and process 0
     merges them: the same rows as one process (same keys per text index), and the same summary."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.test_train import ROOT
+    from tests.test_train import run_processes
 
     one, _ = certified
     out = tmp_path / "two"
-    port = _free_port()
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1")
-    procs = [subprocess.Popen([sys.executable, str(ROOT / "certify.py"),
-                               *certify_args(trained_run, tiny_setup, out, "--coordinator-address",
-                                             f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i))],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-    results = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, results, strict=True):
-        assert p.returncode == 0, err[-3000:]
+    results = run_processes("certify.py", lambda i: certify_args(trained_run, tiny_setup, out))
+    for rc, err in results:
+        assert rc == 0, err[-3000:]
     assert "process 1: 3 rows written" in results[1][1]  # the 6 texts were split, 3 each
     strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
     rows = lambda d: sorted((strip(json.loads(x)) for x in (d / "certify.jsonl").read_text().splitlines()),  # noqa: E731

@@ -141,6 +141,45 @@ def test_eight_devices_match_one(tiny_setup, trained_run):
         np.testing.assert_allclose(a[k], b[k], atol=2e-5, err_msg=k)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_processes(script: str, args_of, num: int = 2) -> list[tuple[int, str]]:
+    """``script`` as ``num`` processes of one job on localhost, one CPU device each; ``args_of(i)``: process i's
+    flags. Returns each process's (exit status, stderr)."""
+    port = free_port()
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1")
+    procs = [subprocess.Popen([sys.executable, str(ROOT / script), *args_of(i), "--coordinator-address",
+                               f"127.0.0.1:{port}", "--num-processes", str(num), "--process-id", str(i)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(num)]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    return [(p.returncode, err) for p, err in zip(procs, errs, strict=True)]
+
+
+def test_two_processes_train_like_one(tiny_setup, trained_run):
+    """Two processes (one CPU device each, gloo collectives) each feed their half of every global batch: the same
+    losses, dev scores and final weights as one process; only process 0 writes metrics and exports."""
+    out = tiny_setup["dir"] / "run_2proc"
+    results = run_processes("train.py", lambda i: train_args(tiny_setup, out))
+    for rc, err in results:
+        assert rc == 0, err[-3000:]
+    rows = lambda run: [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    one, two = rows(trained_run), rows(out)
+    assert [r["step"] for r in one] == [r["step"] for r in two]  # written once, by process 0
+    for a, b in zip(one, two, strict=True):
+        for k in ("loss", "accuracy", "dev_masked_accuracy", "dev_smoothed_accuracy"):
+            if k in a:
+                assert b[k] == pytest.approx(a[k], abs=2e-5), (a["step"], k)
+    a, b = _weights(trained_run), _weights(out)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], atol=2e-5, err_msg=k)
+
+
 def test_changed_config_is_refused(tiny_setup, trained_run):
     res = run_cli("train.py", train_args(tiny_setup, trained_run, "--seed", "3"))
     assert res.returncode == 2 and "different config (seed: 0 -> 3)" in res.stderr
