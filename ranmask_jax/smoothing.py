@@ -75,6 +75,12 @@ class _Request:
     weights: np.ndarray  # [m] multiplicities
 
 
+# estimation copies are sampled, deduplicated and classified in passes of at most this many per text, and at most
+# IN_FLIGHT device steps are queued before the host collects their sums: memory does not grow with n
+STREAM_CHUNK = 1 << 14
+IN_FLIGHT = 32
+
+
 def copy_bucket(n: int, max_len: int) -> int:
     """Fine length buckets for masked copies: multiples of 8 up to 64, of 16 up to 128, of 32 up to 256, then of
     64; at least 16, at most ``max_len``."""
@@ -251,6 +257,18 @@ class SmoothedClassifier:
         tags = np.concatenate(tags)
         tags = tags[np.lexsort((tags[:, 1], tags[:, 0], tags[:, 2]))]  # by bucket, then text, then copy
         pending = []
+
+        def collect(take, result) -> None:
+            counts, logit_sum, prob_sum, labels = jax.device_get(result)
+            texts = np.unique(take[:, 0])
+            for slot, i in enumerate(texts):
+                out[i].counts = out[i].counts + counts[slot]
+                out[i].logit_sum = out[i].logit_sum + logit_sum[slot]
+                out[i].prob_sum = out[i].prob_sum + prob_sum[slot]
+            if row_labels:
+                for j, (i, r, _) in enumerate(take):
+                    out[i].row_labels[r] = labels[j]
+
         for out_len in np.unique(tags[:, 2]):
             group = tags[tags[:, 2] == out_len]
             rows = self.batch_rows(len(group))
@@ -262,16 +280,10 @@ class SmoothedClassifier:
                 take = chunk[chunk[:, 0] <= np.unique(chunk[:, 0])[:slots][-1]]
                 start += len(take)
                 pending.append((take, self._dispatch(reqs, take, rows, slots, int(out_len))))
-        for take, result in pending:  # the device ran ahead; fetch the per-text sums only now
-            counts, logit_sum, prob_sum, labels = jax.device_get(result)
-            texts = np.unique(take[:, 0])
-            for slot, i in enumerate(texts):
-                out[i].counts = out[i].counts + counts[slot]
-                out[i].logit_sum = out[i].logit_sum + logit_sum[slot]
-                out[i].prob_sum = out[i].prob_sum + prob_sum[slot]
-            if row_labels:
-                for j, (i, r, _) in enumerate(take):
-                    out[i].row_labels[r] = labels[j]
+                if len(pending) > IN_FLIGHT:  # the device runs ahead, but not unboundedly
+                    collect(*pending.pop(0))
+        for take, result in pending:
+            collect(take, result)
         for v in out:
             v.counts = np.rint(v.counts).astype(np.int64)
         return out
@@ -380,9 +392,9 @@ class SmoothedClassifier:
         # estimation copies, unless exact, or the selection copies already picked a wrong class
         todo = [i for i, x in enumerate(exact) if not x and (labels[i] is None
                                                               or int(np.argmax(v0[i].counts)) == labels[i])]
-        second = [(encs[i], *self._keep_sets(jax.random.fold_in(keys[i], 1), encs[i], n, False)) for i in todo]
-        v1 = dict(zip(todo, self.votes(second, row_labels=beta == "mc"), strict=True))
-        est = {i: second[j] for j, i in enumerate(todo)}
+        v1, est = self._estimate([jax.random.fold_in(keys[i], 1) for i in todo], [encs[i] for i in todo], n,
+                                 row_labels=beta == "mc")
+        v1, est = dict(zip(todo, v1, strict=True)), dict(zip(todo, est, strict=True))
         out = []
         for i, enc in enumerate(encs):
             h, k = enc.h, self.keep_count(enc.h)
@@ -401,6 +413,33 @@ class SmoothedClassifier:
             out.append(certificate_from_counts(labels[i], v0[i].counts, votes.counts, h, k, alpha, beta,
                                                exact=exact[i], mc_beta=mc))
         return out
+
+    def _estimate(self, keys, encs: list[EncodedText], n: int, row_labels: bool):
+        """The estimation votes of each text (``n`` copies from ``keys[i]``), streamed: in passes of at most
+        STREAM_CHUNK copies per text (pass c draws from ``fold_in(key, c)`` when there is more than one pass; one pass
+        uses ``key`` itself), each sampled, deduplicated and classified before the next, so memory is flat in n.
+        Returns the summed Votes and, per text, ``(None, distinct keep sets, weights)`` (concatenated over passes,
+        kept only with ``row_labels``, which Monte Carlo beta needs)."""
+        import jax
+
+        passes = -(-n // STREAM_CHUNK)
+        votes = [Votes(np.zeros(self.num_labels, np.int64), np.zeros(self.num_labels), np.zeros(self.num_labels),
+                       np.zeros(0, np.int64) if row_labels else None) for _ in encs]
+        kept = [([], []) for _ in encs]
+        for c in range(passes):
+            size = min(STREAM_CHUNK, n - c * STREAM_CHUNK)
+            reqs = [(e, *self._keep_sets(k if passes == 1 else jax.random.fold_in(k, c), e, size, False))
+                    for k, e in zip(keys, encs, strict=True)]
+            for v, got, (_, keep, weights), store in zip(votes, self.votes(reqs, row_labels=row_labels), reqs, kept,
+                                                         strict=True):
+                v.counts, v.logit_sum, v.prob_sum = v.counts + got.counts, v.logit_sum + got.logit_sum, \
+                    v.prob_sum + got.prob_sum
+                if row_labels:
+                    v.row_labels = np.concatenate([v.row_labels, got.row_labels])
+                    store[0].append(keep)
+                    store[1].append(weights)
+        est = [(None, np.concatenate(k) if k else None, np.concatenate(w) if w else None) for k, w in kept]
+        return votes, est
 
     def certify(self, key, text: str, label: int | None, text_pair: str | None = None, *, n0: int = 100, n: int = 5000,
                 alpha: float = 0.05, beta: str = "pc", exact_threshold: int | None = None, n_r: int = 200

@@ -152,6 +152,41 @@ def test_any_jittable_classifier_and_a_copy_transform(bert_tokenizer):
     assert scores.shape == (2, 2) and np.allclose(scores.sum(1), 1)
 
 
+def test_estimation_streams_in_passes(bert_tokenizer, monkeypatch):
+    """n beyond STREAM_CHUNK is drawn in passes (pass c from fold_in(key, c)); the votes equal a host count over
+    exactly those keep sets, for every beta; with one pass the key itself is used."""
+    import ranmask_jax.smoothing as smoothing
+
+    three = bert_tokenizer.convert_tokens_to_ids("three")
+
+    def logits_fn(params, ids, attn, types):  # class 1 iff the copy still reads "three"
+        hit = jnp.any((ids == three) & (attn > 0), axis=-1).astype(jnp.float32)
+        return jnp.stack([1 - hit, hit], axis=-1)
+
+    sc = SmoothedClassifier.from_logits_fn(logits_fn, None, bert_tokenizer, UniformKeepSets(0.5), num_labels=2,
+                                           max_len=32, batch_size=16)
+    text = "one two three four five six seven eight nine ten eleven twelve"  # "three" is word 2; C(12, 6) = 924
+    enc = sc.encode(text)
+    key = jax.random.key(7)
+    est = jax.random.fold_in(key, 1)
+
+    def host_votes(keeps):
+        hits = sum(int(k[:, 2].sum()) for k in keeps)
+        return hits, sum(len(k) for k in keeps) - hits
+
+    one = sc.certify(key, text, None, n0=20, n=50, exact_threshold=0)
+    hits, misses = host_votes([sc.sample(est, enc, 50)])
+    assert one.counts == (misses, hits)
+    monkeypatch.setattr(smoothing, "STREAM_CHUNK", 64)
+    monkeypatch.setattr(smoothing, "IN_FLIGHT", 1)
+    for beta in ("pc", "mc"):
+        cert = sc.certify(key, text, None, n0=20, n=200, exact_threshold=0, beta=beta, n_r=20)
+        hits, misses = host_votes([sc.sample(jax.random.fold_in(est, c), enc, m)
+                                   for c, m in enumerate((64, 64, 64, 8))])
+        assert cert.n == 200 and cert.counts == (misses, hits), beta
+        assert 0 < misses < 200 and 0 < hits < 200
+
+
 def test_non_uniform_keep_sets_have_no_certificate(bert_tokenizer):
     class Weighted(UniformKeepSets):
         certifiable = False
