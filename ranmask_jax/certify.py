@@ -78,7 +78,8 @@ def select_indices(n_total: int, num_examples: int | None, seed: int) -> np.ndar
 
 def load_for_run(cfg: CertifyConfig, settings: dict, num_labels: int):
     """The dataset split, with labels mapped to the run's label map by name (refused when they do not match)."""
-    ds = load_dataset(cfg.dataset, cfg.split, cfg.data_dir, text_field=cfg.text_field, pair_field=cfg.pair_field,
+    ds = load_dataset(cfg.dataset, cfg.split, cfg.data_dir, text_field=cfg.text_field,
+                      pair_field=getattr(cfg, "pair_field", None),
                       label_field=cfg.label_field, label_names=settings["label_names"], encoding=cfg.encoding,
                       multiline_fields=cfg.multiline_fields)
     if ds.num_labels != num_labels:

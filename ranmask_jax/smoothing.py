@@ -190,6 +190,7 @@ class SmoothedClassifier:
         self._step = jax.jit(step, static_argnames=("out_len",))
         self._shard = distributed.batch_sharded(self.mesh)
         self._rep = distributed.replicated(self.mesh)
+        self._plain = jax.jit(lambda params, ids, attn, types: logits_fn(params, ids, attn, types).astype(jnp.float32))
 
     def update_weights(self, model) -> None:
         """Swap in new weights of the same architecture (no recompilation)."""
@@ -314,6 +315,30 @@ class SmoothedClassifier:
     def _keep_sets(self, key, enc: EncodedText, n: int, exact: bool) -> tuple[np.ndarray, np.ndarray]:
         keep = self.enumerate_keep_sets(enc) if exact else self.sample(key, enc, n)
         return dedup(keep) if len(keep) else (keep, np.zeros(0, np.int64))
+
+    def base_logits(self, texts: list[str], pairs: list[str | None] | None = None) -> np.ndarray:
+        """The base classifier f on the UNMASKED texts, ``[len(texts), C]`` raw logits (a plain, undefended model's
+        answer; the texts are tokenized with truncation to ``max_len``). Batches of ``batch_rows`` rows padded to
+        the power-of-two bucket of their longest text, so few shapes compile."""
+        import jax
+
+        out = []
+        for s in range(0, len(texts), self.batch_size):
+            part = texts[s:s + self.batch_size]
+            second = None if pairs is None else pairs[s:s + self.batch_size]
+            enc = self.tokenizer(part, second, truncation=True, max_length=self.max_len) if second and any(
+                second) else self.tokenizer(part, truncation=True, max_length=self.max_len)
+            width = min(self.max_len, bucket(max(len(x) for x in enc["input_ids"])))
+            rows = self.batch_rows(len(part))
+            ids = np.full((rows, width), self.pad_id, np.int32)
+            attn, types = np.zeros((rows, width), np.int32), np.zeros((rows, width), np.int32)
+            for r, x in enumerate(enc["input_ids"]):
+                ids[r, :len(x)], attn[r, :len(x)] = x, 1
+                if "token_type_ids" in enc:
+                    types[r, :len(x)] = enc["token_type_ids"][r]
+            batch = jax.device_put((ids, attn, types), self._shard)
+            out.append(np.asarray(self._plain(self._params, *batch))[: len(part)])
+        return np.concatenate(out).astype(np.float64) if out else np.zeros((0, self.num_labels))
 
     # -- the procedures ---------------------------------------------------------------------------------------------
     def predict_many(self, keys, texts: list[str], pairs: list[str | None] | None = None, *, n: int = 1000,

@@ -1,0 +1,199 @@
+"""Attack runs: one flushed JSONL row per attacked example, resumable, with a summary and a Markdown table.
+
+``attack.jsonl`` rows: index, label, status (skipped: the clean text is misclassified; failed; succeeded),
+clean_prediction, clean_scores, final_prediction, final_scores (the attack's last answer about the returned text),
+recheck_prediction (a fresh, independent query of a randomized scorer about the returned text, not counted in
+``queries``; equal to final_prediction for the deterministic plain model), queries, words_changed, words,
+perturbed_fraction, note, seconds, text, perturbed_text. A rerun with the same config resumes after the last row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ranmask_jax.config import check_resume_config, opt
+from ranmask_jax.data import DataError
+from ranmask_jax.files import RowFile, fingerprint_rows
+
+log = logging.getLogger(__name__)
+
+ENSEMBLES = ("none", "vote", "logit", "prob")
+RESUMABLE_CHANGES = ("data_dir", "batch_size", "num_examples")
+
+
+@dataclasses.dataclass
+class AttackConfig:
+    """An attack on a trained run (the paper's Section 4.3: n = 100 copies per query, 100 examples per cell)."""
+
+    run_dir: str = opt("", "a training run directory (or a model directory with --rho for smoothed ensembles)")
+    out: str = opt("", "output directory: attack.jsonl (one row per example), summary.json, table.md")
+    recipe: str = opt("deepwordbug", "deepwordbug or textfooler")
+    dataset: str = opt("sst2", "preset, file, or tfds:/hf: source")
+    data_dir: str | None = opt(None, "directory holding the preset datasets (default: $RANMASK_DATA_DIR)")
+    split: str = opt("test", "split to attack")
+    text_field: str | None = opt(None, "file datasets: the text column / key")
+    label_field: str = opt("label", "file datasets: the label column / key")
+    encoding: str = opt("utf-8", "file datasets: text encoding")
+    multiline_fields: bool = opt(False, "CSV/TSV files: allow quoted fields that contain line breaks")
+    num_examples: int | None = opt(100, "attack a seeded random subset of this many texts (default 100; none: all)")
+    seed: int = opt(0, "root seed: the subset, the smoothed copies and the random character edits")
+    ensemble: str = opt("vote", "none (the base model on the plain text), or the smoothed classifier: vote (vote "
+                                "shares), logit (softmax of the mean logits), prob (mean probabilities)")
+    n: int = opt(100, "masked copies per query of the smoothed classifier")
+    cache: bool = opt(False, "answer each distinct text once per example (TextAttack's cache: a randomized "
+                             "defense then looks deterministic); default: fresh copies for every query")
+    query_budget: int | None = opt(None, "queries per example (none: unlimited, as in the paper)")
+    rho: float | None = opt(None, "masking rate (default: the run's)")
+    min_keep: int | None = opt(None, "floor on kept words (default: the run's)")
+    max_len: int | None = opt(None, "maximum tokens the model reads (default: the run's)")
+    mask_side: str | None = opt(None, "for pairs: masked side (default: the run's)")
+    batch_size: int | None = opt(None, "rows per device step (default: 64 per CPU device, 256 per GPU/TPU)")
+    dtype: str = opt("float32", "compute dtype")
+    allow_pickle: bool = opt(False, "allow loading a pickled pytorch_model.bin (runs code from the file)")
+
+    def __post_init__(self):
+        if not self.run_dir or not self.out:
+            raise ValueError("run_dir and out are required")
+        from attacks.recipes import RECIPES
+
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}; known: {', '.join(RECIPES)}")
+        if self.ensemble not in ENSEMBLES:
+            raise ValueError(f"ensemble must be one of {', '.join(ENSEMBLES)}, got {self.ensemble!r}")
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.query_budget is not None and self.query_budget < 1:
+            raise ValueError(f"query_budget must be >= 1, got {self.query_budget}")
+        if self.num_examples is not None and self.num_examples < 1:
+            raise ValueError("num_examples must be >= 1")
+
+
+def build_scorers(cfg: AttackConfig):
+    """``(make_scorer(example_index) -> Scorer, recheck(example_index, text) -> int | None, smoothed, settings)``."""
+    import jax
+
+    from attacks.harness import plain_scorer, smoothed_scorer
+    from ranmask_jax.certify import smoothed_from_run
+
+    sc, settings = smoothed_from_run(cfg)
+    root = jax.random.key(cfg.seed)
+    if cfg.ensemble == "none":
+        plain = plain_scorer(sc)
+        return (lambda i: plain), None, sc, settings
+
+    def make(i):
+        return smoothed_scorer(sc, jax.random.fold_in(jax.random.fold_in(root, 0), i), cfg.n, cfg.ensemble)
+
+    def recheck(i, text):
+        fresh = smoothed_scorer(sc, jax.random.fold_in(jax.random.fold_in(root, 1), i), cfg.n, cfg.ensemble)
+        return int(np.argmax(fresh([text])[0]))
+
+    return make, recheck, sc, settings
+
+
+def attack_dataset(cfg: AttackConfig) -> dict:
+    """Attack ``cfg.num_examples`` texts of a split; rows stream into ``attack.jsonl``; returns the summary."""
+    from tqdm.auto import tqdm
+
+    from attacks.harness import Queries
+    from attacks.recipes import RECIPES
+    from attacks.search import greedy_wir
+    from attacks.text import AttackText
+    from ranmask_jax.certify import load_for_run, select_indices
+    from ranmask_jax.progress import Heartbeat
+
+    out = Path(cfg.out)
+    with RowFile(out / "attack.jsonl") as rowfile:
+        make_scorer, recheck, sc, settings = build_scorers(cfg)
+        ds = load_for_run(cfg, settings, sc.num_labels)
+        if any(e.text_pair is not None for e in ds.examples):
+            raise DataError(f"{ds.source}: sentence pairs cannot be attacked yet (single texts only)")
+        indices = select_indices(len(ds), cfg.num_examples, cfg.seed)
+        selected = [[int(i), ds.examples[i].text, ds.examples[i].label] for i in indices]
+        check_resume_config(out / "attack_config.json", cfg, RESUMABLE_CHANGES, started=bool(rowfile.rows),
+                            extra={"model_fingerprint": settings["model_fingerprint"],
+                                   "data_fingerprint": fingerprint_rows(selected)})
+        recipe = RECIPES[cfg.recipe](unk_token=sc.tokenizer.unk_token)
+        done = {r["index"] for r in rowfile.rows}
+        todo = [int(i) for i in indices if int(i) not in done]
+        if done:
+            log.info("resuming: %d of %d examples already attacked", len(done), len(indices))
+        bar = tqdm(total=len(todo), desc=f"{cfg.recipe} vs {cfg.ensemble}", unit="text", disable=None,
+                   dynamic_ncols=True)
+        beat = Heartbeat(log, bar)
+        for j, i in enumerate(todo):
+            beat("%d/%d examples attacked", len(done) + j, len(indices))
+            ex = ds.examples[i]
+            t0 = time.perf_counter()
+            try:
+                original = AttackText.from_string(ex.text)
+            except ValueError as e:
+                raise DataError(f"{ds.source}: example {i}: {e}") from None
+            queries = Queries(make_scorer(i), budget=cfg.query_budget, cache=cfg.cache)
+            res = greedy_wir(original, ex.label, queries, recipe, np.random.default_rng([cfg.seed, i]))
+            again = res.final_prediction
+            if recheck is not None and res.status != "skipped":
+                again = recheck(i, res.text.text)
+            changed = res.text.words_changed(original)
+            rowfile.append({
+                "index": i, "label": ex.label, "status": res.status, "clean_prediction": res.clean_prediction,
+                "clean_scores": [round(float(x), 6) for x in res.clean_scores],
+                "final_prediction": res.final_prediction,
+                "final_scores": [round(float(x), 6) for x in res.final_scores], "recheck_prediction": again,
+                "queries": queries.count, "words_changed": changed, "words": len(original),
+                "perturbed_fraction": round(changed / len(original), 6), "note": res.note,
+                "seconds": round(time.perf_counter() - t0, 3), "text": ex.text, "perturbed_text": res.text.text})
+            bar.update(1)
+        bar.close()
+        wanted = set(indices.tolist())
+        rows = sorted((r for r in rowfile.rows if r["index"] in wanted), key=lambda r: r["index"])
+    return write_summary(out, rows, cfg, settings, recipe.params)
+
+
+def summarize(rows: list[dict]) -> dict:
+    """The paper's Cln / Boa / Succ: clean accuracy, accuracy under attack, attack success rate; plus queries,
+    perturbed-word fraction and seconds per attacked example, and accuracy under attack by a fresh recheck."""
+    n = len(rows)
+    status = [r["status"] for r in rows]
+    attacked = [r for r in rows if r["status"] != "skipped"]
+    won = [r for r in rows if r["status"] == "succeeded"]
+    mean = lambda xs: float(np.mean(xs)) if xs else None  # noqa: E731
+    return {
+        "n": n, "skipped": status.count("skipped"), "failed": status.count("failed"), "succeeded": len(won),
+        "clean_accuracy": len(attacked) / n if n else None,
+        "robust_accuracy": status.count("failed") / n if n else None,
+        "robust_accuracy_recheck": sum(r["recheck_prediction"] == r["label"] for r in attacked) / n if n else None,
+        "success_rate": len(won) / len(attacked) if attacked else None,
+        "avg_queries": mean([r["queries"] for r in attacked]),
+        "avg_perturbed_fraction": mean([r["perturbed_fraction"] for r in won]),
+        "seconds_per_attacked_example": mean([r["seconds"] for r in attacked]),
+        "seconds_total": round(sum(r["seconds"] for r in rows), 2),
+    }
+
+
+def write_summary(out: Path, rows: list[dict], cfg: AttackConfig, settings: dict, params: dict) -> dict:
+    from ranmask_jax.certify import DISPLAY_NAMES
+
+    s = summarize(rows)
+    defense = "plain model" if cfg.ensemble == "none" else f"RanMASK-{settings['rho']} {cfg.ensemble}, n={cfg.n}" \
+        + (", cached" if cfg.cache else "")
+    summary = {**s, "recipe": cfg.recipe, "defense": defense, "rho": settings["rho"], "recipe_params": params,
+               "config": dataclasses.asdict(cfg)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    pct = lambda x: "-" if x is None else f"{100 * x:.1f}"  # noqa: E731
+    num = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
+    name = DISPLAY_NAMES.get(cfg.dataset, cfg.dataset)
+    (out / "table.md").write_text(
+        f"{cfg.recipe} on {name} {cfg.split} ({s['n']} examples), {defense}\n\n"
+        "| Cln % | Boa % | Boa % (recheck) | Succ % | queries | perturbed words % | s / attacked example |\n"
+        "|---|---|---|---|---|---|---|\n"
+        f"| {pct(s['clean_accuracy'])} | {pct(s['robust_accuracy'])} | {pct(s['robust_accuracy_recheck'])} | "
+        f"{pct(s['success_rate'])} | {num(s['avg_queries'], '.1f')} | {pct(s['avg_perturbed_fraction'])} | "
+        f"{num(s['seconds_per_attacked_example'], '.1f')} |\n")
+    return summary

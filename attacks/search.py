@@ -1,0 +1,77 @@
+"""Greedy search by word importance (TextAttack's GreedyWordSwapWIR), for untargeted classification.
+
+1. Importance: each modifiable word is replaced by the unknown token ("unk", DeepWordBug / BERT-Attack) or
+   deleted ("delete", TextFooler); its importance is how much that lowers the true class's score. All these texts
+   go to the scorer in one call.
+2. In order of importance, each word's candidates (the transformation's, filtered by the constraints) are scored
+   in one call; the candidate that lowers the true class's score most is kept if it lowers it below the current
+   text's. When the kept text is misclassified, the attack succeeded: among that step's successful candidates
+   the most similar one (when a constraint reports similarities) is returned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from attacks.harness import BudgetExhausted, Queries
+from attacks.text import AttackText
+
+
+@dataclasses.dataclass
+class Outcome:
+    status: str  # skipped (clean text misclassified), failed, succeeded
+    text: AttackText  # the final text (the original when skipped)
+    clean_scores: np.ndarray
+    final_scores: np.ndarray
+    note: str = ""
+
+    @property
+    def clean_prediction(self) -> int:
+        return int(np.argmax(self.clean_scores))
+
+    @property
+    def final_prediction(self) -> int:
+        return int(np.argmax(self.final_scores))
+
+
+def greedy_wir(original: AttackText, label: int, queries: Queries, recipe, rng: np.random.Generator) -> Outcome:
+    clean = queries([original.text])[0]
+    if int(np.argmax(clean)) != label:
+        return Outcome("skipped", original, clean, clean)
+    cur, cur_scores = original, clean
+    try:
+        idx = [i for i in original.attackable() if all(p(original, i) for p in recipe.pre)]
+        if not idx:
+            return Outcome("failed", cur, clean, cur_scores, "no modifiable word")
+        probes = [original.without_word(i) if recipe.wir == "delete" else original.with_word(i, recipe.unk_token)
+                  for i in idx]
+        importance = 1.0 - queries(probes)[:, label]
+        order = [idx[j] for j in np.argsort(-importance, kind="stable")]
+        for i in order:
+            if not all(p(cur, i) for p in recipe.pre):
+                continue
+            cands = [cur.replace(i, w) for w in recipe.transformation(cur, i, rng)]
+            sims = np.zeros(len(cands))
+            for constraint in recipe.constraints:
+                if not cands:
+                    break
+                keep, sim = constraint(cands, cur, original, i)
+                cands = [c for c, k in zip(cands, keep, strict=True) if k]
+                sims = (sims[keep] if sim is None else np.asarray(sim)[keep])
+            if not cands:
+                continue
+            scores = queries([c.text for c in cands])
+            goal = 1.0 - scores[:, label]
+            best = int(np.argmax(goal))
+            if goal[best] <= 1.0 - cur_scores[label]:
+                continue
+            cur, cur_scores = cands[best], scores[best]
+            won = np.argmax(scores, axis=1) != label
+            if won[best]:
+                pick = int(np.flatnonzero(won)[np.argmax(sims[won])]) if recipe.similarity_picks else best
+                return Outcome("succeeded", cands[pick], clean, scores[pick])
+    except BudgetExhausted as e:
+        return Outcome("failed", cur, clean, cur_scores, f"query budget: {e}")
+    return Outcome("failed", cur, clean, cur_scores)

@@ -1,0 +1,281 @@
+"""Attacks: transformations, constraints, the search, the harness's queries / budget / cache, and an end-to-end
+attack run on a tiny model (plain and smoothed), resumed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from rapidfuzz.distance import Levenshtein
+
+from attacks import constraints as C
+from attacks.harness import BudgetExhausted, Queries, smoothed_scorer
+from attacks.recipes import Recipe, deepwordbug
+from attacks.resources import Neighbours, WordNet, stopwords
+from attacks.search import greedy_wir
+from attacks.text import AttackText
+from attacks.transformations import LETTERS, CharEdits, NeighbourSwap
+from tests.test_train import tiny_setup, trained_run  # noqa: F401
+
+WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
+
+
+def keyword_scorer(word: str, strength: float = 0.9):
+    """Class 1 with probability ``strength`` iff ``word`` is in the text (as a whole word), else class 0."""
+    def score(texts):
+        hit = np.array([word in t.split() for t in texts], float)
+        p1 = 0.5 + (strength - 0.5) * (2 * hit - 1)
+        return np.stack([1 - p1, p1], 1)
+    return score
+
+
+def stubborn_scorer(texts):
+    """Never fooled, but every changed character lowers the true class's score a little (so every swap that
+    passes the constraints is kept and the search walks through all words)."""
+    score = np.array([0.99 - 1e-4 * sum(c.isupper() or c in "qxz" for c in t) - 1e-6 * len(t) for t in texts])
+    return np.stack([1 - score, score], 1)
+
+
+# -- text -----------------------------------------------------------------------------------------------------------
+def test_swaps_keep_punctuation_and_word_count():
+    t = AttackText.from_string("  \"Great\" movie, really!  ")
+    assert t.words == ('"Great"', "movie,", "really!") and t.core(0) == "Great" and t.core(1) == "movie"
+    u = t.replace(1, "film").replace(0, "Fine")
+    assert u.text == '"Fine" film, really!' and u.modified == {0, 1} and u.words_changed(t) == 2
+    assert AttackText.from_string("-- a").attackable() == [1]
+    with pytest.raises(ValueError, match="one non-empty word"):
+        t.replace(0, "two words")
+    with pytest.raises(ValueError, match="empty text"):
+        AttackText.from_string("  ")
+
+
+# -- transformations ----------------------------------------------------------------------------------------------
+def test_char_edits_are_one_edit_of_letters():
+    rng = np.random.default_rng(0)
+    t = AttackText.from_string(" ".join(WORDS))
+    for _ in range(200):
+        i = int(rng.integers(len(t)))
+        word = t.core(i)
+        cands = CharEdits()(t, i, rng)
+        assert 1 <= len(cands) <= 4 and word not in cands
+        for c in cands:
+            d = Levenshtein.distance(word, c)
+            assert d in (1, 2), (word, c)  # a neighbour swap costs 2 edits, the others 1
+            assert set(c) - set(word) <= set(LETTERS)
+    assert CharEdits()(AttackText.from_string("a b"), 0, rng) == []  # one-letter words are left alone
+
+
+def test_neighbour_swap_respects_cosine_count_and_case():
+    words = ["good", "great", "fine", "bad", "table"]
+    vec = np.array([[1, 0.0], [0.95, 0.31], [0.8, 0.6], [0.9, -0.44], [0, 1]])
+    nb = Neighbours(words, vec)
+    assert nb.lookup("good", 2, 0.5) == ["great", "bad"]  # nearest first, at most 2
+    assert nb.lookup("good", 10, 0.85) == ["great", "bad"] and nb.lookup("nope", 5, 0.0) == []
+    t = AttackText.from_string("Good day")
+    assert NeighbourSwap(nb, 3, 0.5)(t, 0, np.random.default_rng(0)) == ["Great", "Bad", "Fine"]
+
+
+@pytest.fixture
+def tiny_wordnet(tmp_path):
+    """A WordNet dictionary of three adjective synsets and one noun: good <-> bad are antonyms."""
+    def data(lines):
+        return "  1 license header line\n" + "".join(lines)
+
+    adj = ["00000100 00 a 01 good 0 001 ! 00000200 a 0101 | of high quality\n",
+           "00000200 00 a 02 bad 0 big_bad 0 001 ! 00000100 a 0101 | of low quality\n",
+           "00000300 00 s 01 fine 0 000 | satisfactory\n"]
+    (tmp_path / "data.adj").write_text(data(adj))
+    (tmp_path / "data.noun").write_text(data(["00000400 00 n 01 movie 0 000 | a film\n"]))
+    (tmp_path / "data.verb").write_text(data([]))
+    (tmp_path / "data.adv").write_text(data([]))
+    (tmp_path / "index.adj").write_text("  1 header\ngood a 1 1 ! 1 0 00000100\nbad a 1 1 ! 1 0 00000200\n"
+                                        "fine a 1 0 1 0 00000300\n")
+    (tmp_path / "index.noun").write_text("  1 header\nmovie n 1 0 1 0 00000400\n")
+    (tmp_path / "index.verb").write_text("  1 header\n")
+    (tmp_path / "index.adv").write_text("  1 header\n")
+    (tmp_path / "adj.exc").write_text("better good\n")
+    return WordNet(tmp_path)
+
+
+def test_wordnet_parts_of_speech_base_forms_and_antonyms(tiny_wordnet):
+    wn = tiny_wordnet
+    assert wn.pos("movies") == {"n"} and wn.pos("Good") == {"a"} and wn.pos("better") == {"a"}
+    assert wn.pos("the") == set()
+    assert wn.antonyms("good") == {"bad"} and wn.antonyms("bad") == {"good"} and wn.antonyms("fine") == set()
+    nb = Neighbours(["good", "bad", "fine"], np.array([[1.0, 0], [0.9, 0.1], [0.8, 0.2]]), wordnet=wn)
+    assert nb.lookup("good", 5, 0.0) == ["fine"]  # the antonym is gone
+    pos = C.PartOfSpeech(wn)
+    t = AttackText.from_string("good movie")
+    keep, _ = pos([t.replace(0, "fine"), t.replace(0, "movie"), t.replace(0, "zzz")], t, t, 0)
+    assert keep.tolist() == [True, False, False]
+
+
+def test_wordnet_missing_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="wordnet-base"):
+        WordNet(tmp_path / "nowhere")
+
+
+def test_sentence_similarity_angular_window_and_reference():
+    class Enc:  # embeds a text by its first word's length (unit 2-d vectors)
+        def __init__(self):
+            self.seen = []
+
+        def encode(self, texts):
+            self.seen.append(list(texts))
+            a = np.array([len(t.split()[0]) / 10 for t in texts])
+            return np.stack([np.cos(a), np.sin(a)], 1)
+
+    enc = Enc()
+    orig = AttackText.from_string(" ".join(WORDS))  # 16 words
+    cur = orig.replace(0, "al")
+    cands = [cur.replace(1, "b"), cur.replace(1, "bravissimo")]
+    sim = C.SentenceSimilarity(enc, threshold=0.99, window=15, against_original=False)
+    keep, s = sim(cands, cur, orig, 1)
+    # windows of 15 words around word 1 start at word 0: the first words are "al", "al" vs "al": identical
+    assert enc.seen[-1][0].split()[0] == "al" and np.allclose(s, 1.0) and keep.all()
+    sim2 = C.SentenceSimilarity(enc, threshold=0.99, window=None, against_original=True)
+    keep, s = sim2(cands, cur, orig, 1)
+    angle = abs(0.5 - 0.2)  # "alpha" vs "al"
+    assert np.allclose(s, 1 - angle / np.pi) and not keep.any()
+    short = AttackText.from_string("a b c")
+    assert sim([short.replace(1, "x")], short, short, 1)[0].all()  # shorter than the window: passes
+
+
+# -- harness ------------------------------------------------------------------------------------------------------
+def test_queries_count_budget_and_cache():
+    calls = []
+
+    def scorer(texts):
+        calls.append(list(texts))
+        return np.tile([0.3, 0.7], (len(texts), 1)) + np.random.default_rng(len(calls)).normal(0, 0.01, (len(texts), 2))
+
+    q = Queries(scorer, budget=5)
+    a, b = q(["x", "x"])
+    assert q.count == 2 and len(calls) == 1 and not np.allclose(a, b)  # a random scorer is asked again
+    with pytest.raises(BudgetExhausted):
+        q(["y", "z", "w", "v"])
+    assert q.count == 2 and len(calls) == 1  # nothing scored beyond the budget
+    cached = Queries(scorer, cache=True)
+    s1 = cached(["x", "y", "x"])
+    s2 = cached(["y"])
+    assert cached.count == 2 and np.array_equal(s1[0], s1[2]) and np.array_equal(s1[1], s2[0])
+
+
+def test_smoothed_scorer_draws_fresh_copies_for_every_query():
+    import jax
+
+    class FakeSmoothed:
+        num_labels = 2
+
+        def __init__(self):
+            self.keys = []
+
+        def predict_many(self, keys, texts, n, ensemble):
+            from ranmask_jax.smoothing import Prediction
+
+            self.keys += [tuple(np.asarray(jax.random.key_data(k)).ravel()) for k in keys]
+            return [Prediction(0, (0.25, 0.75), (1, 3), 4, 1, 1) for _ in texts]
+
+    sc = FakeSmoothed()
+    score = smoothed_scorer(sc, jax.random.key(0), n=4)
+    score(["same", "same"])
+    score(["same"])
+    assert len(set(sc.keys)) == 3
+    logit = smoothed_scorer(sc, jax.random.key(0), n=4, ensemble="logit")(["t"])
+    assert np.allclose(logit.sum(1), 1) and logit[0, 1] > logit[0, 0]
+
+
+# -- search -------------------------------------------------------------------------------------------------------
+def spy_recipe(base: Recipe, log: list):
+    inner = base.transformation
+
+    def transformation(text, i, rng):
+        log.append(i)
+        return inner(text, i, rng)
+
+    return Recipe(base.name, transformation, base.pre, base.constraints, base.wir, base.unk_token)
+
+
+def test_deepwordbug_stays_within_the_edit_budget_and_spares_stopwords():
+    rng = np.random.default_rng(1)
+    sw = stopwords("nltk")
+    for trial in range(20):
+        words = list(rng.choice(WORDS + ["the", "and", "of", "is", "The"], size=int(rng.integers(5, 25))))
+        original = AttackText.from_string(" ".join(words))
+        limit = int(rng.integers(1, 12))
+        visited = []
+        recipe = spy_recipe(deepwordbug(max_edit_distance=limit), visited)
+        out = greedy_wir(original, 1, Queries(stubborn_scorer), recipe, np.random.default_rng(trial))
+        assert out.status == "failed"
+        assert Levenshtein.distance(original.text, out.text.text) <= limit
+        assert len(visited) == len(set(visited))  # no word transformed twice
+        assert all(original.core(i).lower() not in sw for i in visited)  # stopwords never touched
+        for a, b in zip(original.words, out.text.words, strict=True):
+            if a.lower() in sw:
+                assert a == b
+        assert out.text.words_changed(original) > 0
+
+
+def test_most_important_word_first_and_success():
+    original = AttackText.from_string("alpha bravo charlie delta echo")
+    visited = []
+    recipe = spy_recipe(deepwordbug(), visited)
+    q = Queries(keyword_scorer("charlie"))
+    out = greedy_wir(original, 1, q, recipe, np.random.default_rng(0))
+    assert visited[0] == 2 and out.status == "succeeded" and out.final_prediction == 0
+    assert out.text.words_changed(original) == 1 and out.text.words[2] != "charlie"
+    assert q.count == 1 + 5 + len(CharEdits()(original, 2, np.random.default_rng(0)))  # clean, importance, 1 step
+
+
+def test_query_budget_stops_the_attack():
+    original = AttackText.from_string(" ".join(WORDS))
+    q = Queries(stubborn_scorer, budget=25)
+    out = greedy_wir(original, 1, q, deepwordbug(), np.random.default_rng(0))
+    assert out.status == "failed" and "query budget" in out.note and q.count <= 25
+
+
+def test_skipped_when_the_clean_text_is_misclassified():
+    out = greedy_wir(AttackText.from_string("alpha bravo"), 0, Queries(keyword_scorer("alpha")), deepwordbug(),
+                     np.random.default_rng(0))
+    assert out.status == "skipped" and out.text.text == "alpha bravo"
+
+
+# -- end to end -----------------------------------------------------------------------------------------------------
+def attack_args(run, setup, out, *extra):
+    return ["--run-dir", str(run), "--dataset", setup["dev"], "--split", "test", "--recipe", "deepwordbug",
+            "--num-examples", "4", "--out", str(out), *extra]
+
+
+@pytest.mark.parametrize("ensemble", ["none", "vote"])
+def test_attack_run_end_to_end_and_resume(trained_run, tiny_setup, tmp_path, ensemble):  # noqa: F811
+    out = tmp_path / ensemble
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_train import ROOT
+
+    def attack(*extra):
+        return subprocess.run([sys.executable, "-m", "attacks", *attack_args(trained_run, tiny_setup, out, *extra)],
+                              capture_output=True, text=True, timeout=600, cwd=ROOT,
+                              env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+    r = attack("--ensemble", ensemble, "--n", "8")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(x) for x in (out / "attack.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and {r["status"] for r in rows} <= {"skipped", "failed", "succeeded"}
+    for row in rows:
+        assert row["words"] == len(row["text"].split()) == len(row["perturbed_text"].split())
+        assert Levenshtein.distance(" ".join(row["text"].split()), row["perturbed_text"]) <= 30
+        if row["status"] == "succeeded":
+            assert row["final_prediction"] != row["label"] and row["words_changed"] >= 1
+        if ensemble == "none":
+            assert row["recheck_prediction"] == row["final_prediction"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 4 and summary["skipped"] + summary["failed"] + summary["succeeded"] == 4
+    assert "| Cln % |" in (out / "table.md").read_text()
+    again = attack("--ensemble", ensemble, "--n", "8")  # resumes: nothing left to attack, same rows
+    assert again.returncode == 0 and (out / "attack.jsonl").read_text().count("\n") == 4
+    changed = attack("--ensemble", ensemble, "--n", "16")
+    assert changed.returncode == 2 and "different config" in changed.stderr and "Traceback" not in changed.stderr
