@@ -24,6 +24,7 @@ import statistics
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from _report import parser, report
 
@@ -38,7 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=256, help="the engine's rows per device step")
     p.add_argument("--torch-batch", type=int, default=256)
-    p.add_argument("--pipelines", default="jax,torch,original")
+    p.add_argument("--pipelines", default="jax,torch,original,jax_null",
+                   help="jax_null: the engine with a free classifier (host and dispatch cost alone: the profile)")
     args = p.parse_args(argv)
 
     import torch
@@ -115,11 +117,29 @@ def main(argv: list[str] | None = None) -> dict:
                 out.append(counts)
         return out, tokens
 
-    pipes = {"jax": run_jax, "torch": run_torch, "original": run_original}
+    # the profile: the same engine with a classifier that costs nothing; jax - jax_null is the forward pass
+    def null_logits(p, ids, attn, types):  # reads the masked copies (so XLA keeps the masking), costs ~nothing
+        used = (ids + attn + types).sum(-1, keepdims=True).astype(jnp.float32) * 0.0  # [R, 1]
+        return jnp.zeros((ids.shape[0], sc.num_labels)) + p + used
+
+    null_sc = SmoothedClassifier.from_logits_fn(null_logits, jnp.float32(0), tok, sc.keep_sets,
+                                                num_labels=sc.num_labels, max_len=max_len, batch_size=args.batch_size)
+
+    def run_jax_null():
+        out, tokens = [], 0
+        for s in range(0, len(encs), 16):
+            reqs = [(e, *dedup(np.pad(k, ((0, 0), (0, sc.word_width(e) - e.h)))))
+                    for e, k in zip(encs[s:s + 16], keeps[s:s + 16], strict=True)]
+            out += [v.counts for v in null_sc.votes(reqs)]
+        return out, tokens
+
+    pipes = {"jax": run_jax, "torch": run_torch, "original": run_original, "jax_null": run_jax_null}
     names = [x for x in args.pipelines.split(",") if x]
     t0 = time.perf_counter()
     counts_first, _ = run_jax()
     compile_pass = time.perf_counter() - t0
+    if "jax_null" in names:
+        run_jax_null()  # compile it outside the timings too
     times = {k: [] for k in names}
     results = {}
     for _ in range(args.reps):
@@ -129,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
             times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     agree = {k: sum(np.array_equal(a, b) for a, b in zip(results[k][0], counts_first, strict=True))
-             for k in names}
+             for k in names if k != "jax_null"}
     res = {"run_dir": args.run_dir, "dataset": args.dataset, "rho": rho, "texts": len(texts), "copies": copies,
            "median_s": med, "s_per_text": {k: v / len(texts) for k, v in med.items()},
            "copies_per_s": {k: copies / v for k, v in med.items()},
@@ -138,10 +158,15 @@ def main(argv: list[str] | None = None) -> dict:
            "cpu": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d")}
     lines = [f"{args.dataset} rho={rho}: {len(texts)} texts, {copies} copies (n0={args.n0}, n={args.n})"]
     for k in names:
+        same = f"  votes equal to jax for {agree[k]}/{len(texts)} texts" if k in agree else ""
         lines.append(f"  {k:9s} {med[k]:8.1f} s  {med[k] / len(texts):6.2f} s/text  {copies / med[k]:8.0f} copies/s  "
-                     f"{results[k][1] / med[k]:9.0f} tokens/s  votes equal to jax for {agree[k]}/{len(texts)} texts")
+                     f"{results[k][1] / med[k]:9.0f} tokens/s{same}")
+    if "jax_null" in med and "jax" in med:
+        res["jax_forward_share"] = 1 - med["jax_null"] / med["jax"]
+        lines.append(f"  profile: the engine without its forward pass takes {med['jax_null']:.1f} s of "
+                     f"{med['jax']:.1f} s ({100 * med['jax_null'] / med['jax']:.1f}%); the forward pass is the rest")
     for k in names:
-        if k != "jax" and "jax" in med:
+        if k not in ("jax", "jax_null") and "jax" in med:
             res[f"jax_speedup_vs_{k}"] = med[k] / med["jax"]
             lines.append(f"  jax vs {k}: {med[k] / med['jax']:.2f}x")
     lines.append(f"  jax first pass (with compilation): {compile_pass:.1f} s")
