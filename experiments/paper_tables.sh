@@ -2,8 +2,8 @@
 # The runs behind docs/RESULTS.md (Tables 2 and 3 of the paper, with MiniLM-L6 in place of RoBERTa-base).
 #   bash experiments/paper_tables.sh DATA_DIR RUNS_DIR [STAGE ...]
 # Stages: sst2-<rho> (train + certify 200 test sentences + accuracy of g on the full test split), sst2-base,
-# agnews-<rho>, imdb-<rho> (max_len 256, 100 test reviews). Every step resumes when rerun. Each run's configs,
-# metrics, per-text rows and summaries (not the weights) are copied to docs/runs/<run> as they are written.
+# agnews-base (rho = 0, for the attack tables), agnews-<rho>, imdb-<rho> (max_len 256, 100 test reviews). Every
+# step resumes when rerun. Each run's configs, metrics, per-text rows and summaries (not the weights) are copied to docs/runs/<run> as they are written.
 # Environment: MODEL (starting weights, default minilm-l6), CERTIFY_ARGS (extra flags for every certify.py call,
 # e.g. "--batch-size 1024" on a GPU).
 set -euo pipefail
@@ -59,6 +59,10 @@ for stage in "$@"; do
                 --epochs 3 --max-len 64 --eval-n 1 --checkpoint-every 100
             accuracy "$RUNS/sst2-rho0" sst2 --n0 1
             publish "$RUNS/sst2-rho0" ;;
+        agnews-base)  # the undefended baseline of the attack tables
+            python train.py --model "$MODEL" --out-dir "$RUNS/agnews-rho0" --data-dir "$DATA_DIR" --dataset ag_news \
+                --rho 0 --epochs 2 --max-len 128 --group-by-length 50 --eval-n 1 --checkpoint-every 100
+            publish "$RUNS/agnews-rho0" ;;
         sst2-*)
             rho="${stage#sst2-}"
             stage "sst2-rho$rho" sst2 --rho "$rho" --epochs 3 --max-len 64 --eval-n 16 --checkpoint-every 100 ;;
