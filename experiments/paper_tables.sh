@@ -3,7 +3,8 @@
 #   bash experiments/paper_tables.sh DATA_DIR RUNS_DIR [STAGE ...]
 # Stages: sst2-<rho> (train + certify 200 test sentences + accuracy of g on the full test split), sst2-base,
 # agnews-base (rho = 0, for the attack tables), agnews-<rho>, imdb-<rho> (max_len 256, 100 test reviews). Every
-# step resumes when rerun. Each run's configs, metrics, per-text rows and summaries (not the weights) are copied to docs/runs/<run> as they are written.
+# step resumes when rerun. Each run's configs, metrics, per-text rows and summaries (not the weights) are copied
+# to docs/runs/<run> as they are written.
 # Environment: MODEL (starting weights, default minilm-l6), CERTIFY_ARGS (extra flags for every certify.py call,
 # e.g. "--batch-size 1024" on a GPU).
 set -euo pipefail
