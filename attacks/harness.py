@@ -69,19 +69,27 @@ def plain_scorer(sc) -> Scorer:
 
 def smoothed_scorer(sc, key, n: int = 100, ensemble: str = "vote") -> Scorer:
     """g over ``n`` masked copies per text (``sc``: a SmoothedClassifier). ``ensemble``: "vote" (vote shares),
-    "logit" (softmax of the mean raw logits) or "prob" (mean softmax probabilities). Query q (counted over the
-    scorer's life) draws its copies from ``fold_in(key, q)``: fresh randomness for every query."""
+    "logit" (softmax of the mean raw logits), "prob" (mean softmax probabilities), or MaskPure's "majority" /
+    "onehot" (``ranmask_jax.purify.vote_modes``). Query q (counted over the scorer's life) draws its copies from
+    ``fold_in(key, q)``: fresh randomness for every query."""
     import jax
 
+    from ranmask_jax.purify import vote_modes
+
     state = {"queries": 0}
+    engine_mode = ensemble if ensemble in ("vote", "logit") else "prob"
 
     def score(texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, sc.num_labels))
         keys = [jax.random.fold_in(key, state["queries"] + i) for i in range(len(texts))]
         state["queries"] += len(texts)
-        preds = sc.predict_many(keys, texts, n=n, ensemble=ensemble)
+        preds = sc.predict_many(keys, texts, n=n, ensemble=engine_mode)
         s = np.array([p.scores for p in preds], np.float64)
-        return softmax(s) if ensemble == "logit" else s
+        if ensemble == "logit":
+            return softmax(s)
+        if ensemble in ("majority", "onehot"):
+            return np.stack([vote_modes(p.counts, p.scores, ensemble) for p in preds])
+        return s
 
     return score

@@ -23,7 +23,7 @@ from ranmask_jax.files import RowFile, fingerprint_rows
 
 log = logging.getLogger(__name__)
 
-ENSEMBLES = ("none", "vote", "logit", "prob")
+ENSEMBLES = ("none", "vote", "logit", "prob", "majority", "onehot")
 RESUMABLE_CHANGES = ("data_dir", "batch_size", "num_examples")
 
 
@@ -33,7 +33,8 @@ class AttackConfig:
 
     run_dir: str = opt("", "a training run directory (or a model directory with --rho for smoothed ensembles)")
     out: str = opt("", "output directory: attack.jsonl (one row per example), summary.json, table.md")
-    recipe: str = opt("deepwordbug", "deepwordbug or textfooler")
+    recipe: str = opt("deepwordbug", "deepwordbug, textfooler or bert-attack (needs --attack-mlm)")
+    attack_mlm: str | None = opt(None, "bert-attack: the masked-LM run whose predictions are the candidates")
     dataset: str = opt("sst2", "preset, file, or tfds:/hf: source")
     data_dir: str | None = opt(None, "directory holding the preset datasets (default: $RANMASK_DATA_DIR)")
     split: str = opt("test", "split to attack")
@@ -44,7 +45,9 @@ class AttackConfig:
     num_examples: int | None = opt(100, "attack a seeded random subset of this many texts (default 100; none: all)")
     seed: int = opt(0, "root seed: the subset, the smoothed copies and the random character edits")
     ensemble: str = opt("vote", "none (the base model on the plain text), or the smoothed classifier: vote (vote "
-                                "shares), logit (softmax of the mean logits), prob (mean probabilities)")
+                                "shares), logit (softmax of the mean logits), prob (mean probabilities; MaskPure's "
+                                "'logit'), majority (vote shares, ties to the larger mean probability), onehot "
+                                "(one-hot of that majority class)")
     n: int = opt(100, "masked copies per query of the smoothed classifier")
     cache: bool = opt(False, "answer each distinct text once per example (TextAttack's cache: a randomized "
                              "defense then looks deterministic); default: fresh copies for every query")
@@ -56,8 +59,18 @@ class AttackConfig:
     batch_size: int | None = opt(None, "rows per device step (default: 64 per CPU device, 256 per GPU/TPU)")
     dtype: str = opt("float32", "compute dtype")
     allow_pickle: bool = opt(False, "allow loading a pickled pytorch_model.bin (runs code from the file)")
+    sampling: str = opt("uniform", "keep sets: uniform, or lm (masked words drawn by a masked LM's surprise, --lm)")
+    lm: str | None = opt(None, "with --sampling lm: the masked-LM run (train.py --task mlm)")
+    purifier: str | None = opt(None, "MaskPure: a masked-LM run that refills every mask before classifying")
+    refill_temperature: float = opt(0.0, "with --purifier: 0 refills by argmax; > 0 samples at this temperature")
 
     def __post_init__(self):
+        from ranmask_jax.config import check_engine_options
+
+        check_engine_options(self)
+        if self.ensemble == "none" and (self.sampling != "uniform" or self.purifier):
+            raise ValueError("--sampling lm and --purifier act on the smoothed classifier; --ensemble none attacks "
+                             "the plain model")
         if not self.run_dir or not self.out:
             raise ValueError("run_dir and out are required")
         from attacks.recipes import RECIPES
@@ -68,6 +81,8 @@ class AttackConfig:
             raise ValueError(f"ensemble must be one of {', '.join(ENSEMBLES)}, got {self.ensemble!r}")
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.recipe == "bert-attack" and not self.attack_mlm:
+            raise ValueError("bert-attack needs --attack-mlm RUN (a masked-LM run: train.py --task mlm)")
         if self.query_budget is not None and self.query_budget < 1:
             raise ValueError(f"query_budget must be >= 1, got {self.query_budget}")
         if self.num_examples is not None and self.num_examples < 1:
@@ -119,7 +134,13 @@ def attack_dataset(cfg: AttackConfig) -> dict:
         check_resume_config(out / "attack_config.json", cfg, RESUMABLE_CHANGES, started=bool(rowfile.rows),
                             extra={"model_fingerprint": settings["model_fingerprint"],
                                    "data_fingerprint": fingerprint_rows(selected)})
-        recipe = RECIPES[cfg.recipe](unk_token=sc.tokenizer.unk_token)
+        kw = {}
+        if cfg.recipe == "bert-attack":
+            from ranmask_jax.certify import _load_mlm
+
+            model, tok, _ = _load_mlm(cfg.attack_mlm, cfg) if cfg.attack_mlm else (None, None, None)
+            kw = {"mlm": None if model is None else (model, tok), "max_len": settings["max_len"]}
+        recipe = RECIPES[cfg.recipe](unk_token=sc.tokenizer.unk_token, **kw)
         done = {r["index"] for r in rowfile.rows}
         todo = [int(i) for i in indices if int(i) not in done]
         if done:
@@ -181,8 +202,9 @@ def write_summary(out: Path, rows: list[dict], cfg: AttackConfig, settings: dict
     from ranmask_jax.certify import DISPLAY_NAMES
 
     s = summarize(rows)
-    defense = "plain model" if cfg.ensemble == "none" else f"RanMASK-{settings['rho']} {cfg.ensemble}, n={cfg.n}" \
-        + (", cached" if cfg.cache else "")
+    defense = "plain model" if cfg.ensemble == "none" else (
+        ("MaskPure" if cfg.purifier else "RanMASK") + f"-{settings['rho']} {cfg.ensemble}, n={cfg.n}"
+        + (" + LM sampling" if cfg.sampling == "lm" else "") + (", cached" if cfg.cache else ""))
     summary = {**s, "recipe": cfg.recipe, "defense": defense, "rho": settings["rho"], "recipe_params": params,
                "config": dataclasses.asdict(cfg)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -80,3 +80,63 @@ def _recase(candidate: str, like: str) -> str:
     if like[:1].isupper():
         return candidate[:1].upper() + candidate[1:]
     return candidate
+
+
+class MLMSwap:
+    """BERT-Attack (Li et al. 2020): a masked LM reads the current text UNMASKED; a word of one token gets the
+    LM's top ``k`` tokens at its position, a word of several tokens the top ``k`` token sequences of a beam over its
+    positions (scored by summed log-probabilities), kept if they form one alphabetic word different from the
+    original. ``k`` = 48 in the paper and the original RanMASK code (TextAttack 0.3.11 uses 8). Tokens beyond
+    ``max_len`` have no prediction: such words get no candidate."""
+
+    def __init__(self, mlm_model, tokenizer, k: int = 48, max_len: int = 128, beam: int = 48):
+        import jax
+        from flax import nnx
+
+        mlm_model.eval()
+        graphdef, state = nnx.split(mlm_model)
+        self.tokenizer, self.k, self.max_len, self.beam = tokenizer, k, max_len, beam
+        self._state = state
+        self._logp = jax.jit(lambda s, ids, attn: jax.nn.log_softmax(
+            nnx.merge(graphdef, s)(ids, attn, ids * 0), axis=-1)[0])  # [T, V]
+        self._bad = np.zeros(mlm_model.cfg.vocab_size, bool)
+        self._bad[[i for i in tokenizer.all_special_ids if i < len(self._bad)]] = True
+        self._memo: dict[str, tuple] = {}
+
+    def _analyse(self, text: str):
+        from ranmask_jax.masking import bucket, encode
+
+        if text not in self._memo:
+            e = encode(self.tokenizer, text)
+            real = e.has_token
+            ids, word = e.token_ids[real][: self.max_len], e.word_index[real][: self.max_len]
+            t = bucket(len(ids))
+            pad = np.full((1, t), self.tokenizer.pad_token_id, np.int32)
+            pad[0, : len(ids)] = ids
+            attn = (np.arange(t) < len(ids)).astype(np.int32)[None]
+            logp = np.asarray(self._logp(self._state, pad, attn))[: len(ids)]
+            self._memo = {text: (word, ids, logp)}  # the search moves on: keep only the current text
+        return self._memo[text]
+
+    def __call__(self, text: AttackText, i: int, rng: np.random.Generator) -> list[str]:
+        word, ids, logp = self._analyse(text.text)
+        # whitespace word i of the text is maskable word i (single texts); its punctuation tokens are not replaced
+        pos = [p for p in np.flatnonzero(word == i)
+               if any(c.isalnum() for c in self.tokenizer.convert_ids_to_tokens(int(ids[p])))]
+        if len(pos) == 0:
+            return []
+        beams = [((), 0.0)]
+        for p in pos:
+            lp = np.where(self._bad, -np.inf, logp[p])
+            top = np.argpartition(-lp, self.beam)[: self.beam]
+            beams = sorted(((b + (int(t),), s + float(lp[t])) for b, s in beams for t in top), key=lambda x: -x[1])
+            beams = beams[: self.beam]
+        core = text.core(i)
+        out = []
+        for toks, _ in beams:
+            cand = self.tokenizer.convert_tokens_to_string(self.tokenizer.convert_ids_to_tokens(list(toks))).strip()
+            if cand.isalpha() and cand.lower() != core.lower() and cand not in out:
+                out.append(cand)
+            if len(out) == self.k:
+                break
+        return out

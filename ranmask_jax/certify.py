@@ -42,6 +42,8 @@ def smoothed_from_run(cfg: CertifyConfig, local: bool = False) -> tuple[Smoothed
     """The smoothed classifier of a run directory, with the run's rho / max_len / mask side unless overridden.
     ``settings["label_names"]`` is the run's label map (None for a model directory that names no labels)."""
     model_dir, meta = resolve(cfg.run_dir)
+    if meta.get("task") == "mlm":
+        raise ValueError(f"{cfg.run_dir} is a masked-LM run (train.py --task mlm); certify and attack a classifier run")
     model, tok, _ = load_pretrained(cfg.run_dir, dtype=cfg.dtype, allow_pickle=cfg.allow_pickle)
     rho = cfg.rho if cfg.rho is not None else meta.get("rho")
     if rho is None:
@@ -55,10 +57,49 @@ def smoothed_from_run(cfg: CertifyConfig, local: bool = False) -> tuple[Smoothed
     mesh = distributed.make_mesh(local=local)  # local: each process of a multi-process run works on its own texts
     rows = cfg.batch_size or (64 if mesh.devices.flat[0].platform == "cpu" else 256) * mesh.devices.size
     bs = distributed.round_up(rows, mesh.devices.size)
-    sc = SmoothedClassifier(model, tok, batch_size=bs, mesh=mesh, **settings)
+    extra, fingerprints = _sampling_and_purifier(cfg, tok, settings)
+    sc = SmoothedClassifier(model, tok, batch_size=bs, mesh=mesh, **settings, **extra)
     names = meta.get("label_names") or _config_label_names(model_dir, sc.num_labels)
     weights = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("pytorch_model*.bin"))
-    return sc, {**settings, "label_names": names, "model_fingerprint": fingerprint_files(weights)}
+    settings.update(sampling=getattr(cfg, "sampling", "uniform"), purifier=getattr(cfg, "purifier", None),
+                    empirical_only=not getattr(extra.get("keep_sets"), "certifiable", True) or not getattr(
+                        extra.get("transform"), "deterministic", True))
+    return sc, {**settings, "label_names": names, "model_fingerprint": fingerprint_files(weights + fingerprints)}
+
+
+def no_certificate(cfg) -> str:
+    why = ("LM-based sampling draws non-uniform keep sets" if getattr(cfg, "sampling", "uniform") == "lm" else
+           "a sampled refill (--refill-temperature > 0) is random beyond the keep set")
+    return (f"no certificate: {why}, and Theorem 1 assumes uniform keep sets and a deterministic base classifier; "
+            "use --accuracy-only or --predict (empirical only)")
+
+
+def _load_mlm(run: str, cfg) -> tuple:
+    """A masked-LM run (``train.py --task mlm``) or model directory: ``(model, tokenizer, weight files)``."""
+    mlm_dir, meta = resolve(run)
+    if meta and meta.get("task") != "mlm":
+        raise ValueError(f"{run} is not a masked-LM run (its ranmask_run.json says task {meta.get('task')!r})")
+    model, tok, _ = load_pretrained(run, head="mlm", dtype=cfg.dtype, allow_pickle=cfg.allow_pickle)
+    return model, tok, sorted(mlm_dir.glob("*.safetensors"))
+
+
+def _sampling_and_purifier(cfg, tok, settings: dict) -> tuple[dict, list]:
+    """The engine's keep-set distribution (``--sampling lm --lm RUN``) and copy transform (``--purifier RUN``)."""
+    extra, files = {}, []
+    if getattr(cfg, "sampling", "uniform") == "lm":
+        from ranmask_jax.lm_sampling import LMKeepSets, mlm_word_scores
+
+        lm, lm_tok, f = _load_mlm(cfg.lm, cfg)
+        extra["keep_sets"] = LMKeepSets(settings["rho"], mlm_word_scores(lm, lm_tok, settings["max_len"]),
+                                        settings["min_keep"])
+        files += f
+    if getattr(cfg, "purifier", None):
+        from ranmask_jax.purify import mlm_refill
+
+        mlm, mlm_tok, f = _load_mlm(cfg.purifier, cfg)
+        extra["transform"], extra["transform_params"] = mlm_refill(mlm, mlm_tok, tok, cfg.refill_temperature)
+        files += f
+    return extra, files
 
 
 def _config_label_names(model_dir: Path, num_labels: int) -> list[str] | None:
@@ -102,6 +143,8 @@ def certify_dataset(cfg: CertifyConfig) -> dict:
     own = out / ("certify.jsonl" if world == 1 else f"certify.p{rank}.jsonl")
     with RowFile(own) as rowfile:
         sc, settings = smoothed_from_run(cfg, local=world > 1)
+        if settings["empirical_only"] and not cfg.accuracy_only:
+            raise ValueError(no_certificate(cfg))
         ds = load_for_run(cfg, settings, sc.num_labels)
         indices = select_indices(len(ds), cfg.num_examples, cfg.seed)
         selected = [[int(i), ds.examples[i].text, ds.examples[i].text_pair, ds.examples[i].label] for i in indices]
@@ -190,15 +233,19 @@ def write_summary(out: Path, rows: list[dict], cfg: CertifyConfig, settings: dic
     if cfg.accuracy_only:
         summary = {"n": len(rows), "accuracy": float(np.mean([r["correct"] for r in rows])),
                    "seconds_total": round(sum(r["seconds"] for r in rows), 2), "rho": settings["rho"],
-                   "config": dataclasses.asdict(cfg)}
+                   "sampling": settings["sampling"], "purifier": settings["purifier"],
+                   "empirical_only": settings["empirical_only"], "config": dataclasses.asdict(cfg)}
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        how = "".join([", LM-based sampling (empirical only)" if settings["sampling"] == "lm" else "",
+                       ", MaskPure refill" if settings["purifier"] else ""])
         (out / "table.md").write_text(f"accuracy of g on {name} ({len(rows)} texts, vote over n0={cfg.n0} copies, "
-                                      f"rho={settings['rho']}): {100 * summary['accuracy']:.2f}%\n")
+                                      f"rho={settings['rho']}{how}): {100 * summary['accuracy']:.2f}%\n")
         return summary
     summary = metrics.summarize(rows)
     summary.update(seconds_total=round(sum(r["seconds"] for r in rows), 2),
                    config={k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("predict", "radius")},
-                   rho=settings["rho"], min_keep=settings["min_keep"], max_len=settings["max_len"])
+                   rho=settings["rho"], min_keep=settings["min_keep"], max_len=settings["max_len"],
+                   purifier=settings["purifier"])
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     title = f"{name}, rho = {settings['rho']}, n0 = {cfg.n0}, n = {cfg.n}, alpha = {cfg.alpha}"
     (out / "table.md").write_text(metrics.markdown_table(summary, title))
@@ -210,6 +257,8 @@ def write_summary(out: Path, rows: list[dict], cfg: CertifyConfig, settings: dic
 def predict_texts(cfg: CertifyConfig) -> list[dict]:
     """``--predict``: g's label and vote distribution (and radius with ``--radius``) for raw texts."""
     sc, settings = smoothed_from_run(cfg)
+    if settings["empirical_only"] and cfg.radius:
+        raise ValueError(no_certificate(cfg))
     names = settings["label_names"] or [f"LABEL_{i}" for i in range(sc.num_labels)]
     src = sys.stdin if cfg.predict == "-" else open(cfg.predict, encoding="utf-8")
     results = []

@@ -33,6 +33,11 @@ class TrainConfig:
     encoding: str = opt("utf-8", "file datasets: text encoding (a UTF-8 byte-order mark is dropped)")
     multiline_fields: bool = opt(False, "CSV/TSV files: allow quoted fields that contain line breaks (by default a "
                                         "record spanning lines is an error: usually a stray quote)")
+    task: str = opt("classification", "classification (a RanMASK base classifier) or mlm (fine-tune a masked LM on "
+                                      "the dataset's texts: for BERT-Attack, LM-based sampling and MaskPure)")
+    mlm_probability: float = opt(0.15, "mlm: fraction of tokens (or words) selected for prediction (80% masked, 10% "
+                                       "random, 10% kept)")
+    whole_word_mask: bool = opt(False, "mlm: select whole words (all their subwords) instead of single tokens")
     mask_side: str = opt("second", "for pairs: which side's words are masked (first, second, both)")
     rho: float = opt(0.3, "masking rate: fraction of words replaced by the mask token (0: plain baseline)")
     min_keep: int = opt(2, "floor on the number of kept words: k_x = max(h - round(h * rho), min(min_keep, h))")
@@ -83,6 +88,10 @@ class TrainConfig:
             raise ValueError(f"group_by_length must be >= 0, got {self.group_by_length}")
         if self.min_keep < 0:
             raise ValueError(f"min_keep must be >= 0, got {self.min_keep}")
+        if self.task not in ("classification", "mlm"):
+            raise ValueError(f"task must be classification or mlm, got {self.task!r}")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
 
 
 @dataclasses.dataclass
@@ -123,12 +132,20 @@ class CertifyConfig:
                                     "(pairs: premise<TAB>hypothesis), instead of certifying a dataset")
     radius: bool = opt(False, "with --predict: also certify g's answer and report its radius")
     allow_pickle: bool = opt(False, "allow loading a pickled pytorch_model.bin (runs code from the file)")
+    sampling: str = opt("uniform", "keep sets: uniform (certifiable) or lm (masked words drawn by a masked LM's "
+                                   "surprise, --lm; accuracy and --predict only: no certificate)")
+    lm: str | None = opt(None, "with --sampling lm: the masked-LM run (train.py --task mlm)")
+    purifier: str | None = opt(None, "MaskPure: a masked-LM run that refills every mask before classifying "
+                                     "(certifiable with the argmax refill)")
+    refill_temperature: float = opt(0.0, "with --purifier: 0 refills by argmax; > 0 samples at this temperature "
+                                         "(no certificate)")
     coordinator_address: str | None = opt(None, "multi-process runs: HOST:PORT of process 0 (default: "
                                                 "$JAX_COORDINATOR_ADDRESS; unset: one process)")
     num_processes: int | None = opt(None, "multi-process runs: how many processes (default: $JAX_NUM_PROCESSES)")
     process_id: int | None = opt(None, "multi-process runs: this process's index (default: $JAX_PROCESS_ID)")
 
     def __post_init__(self):
+        check_engine_options(self)
         if not self.run_dir:
             raise ValueError("run_dir is required")
         if not self.out and self.predict is None:
@@ -155,6 +172,20 @@ class CertifyConfig:
             raise ValueError(f"mask_side must be first, second or both, got {self.mask_side!r}")
 
 
+def check_engine_options(cfg) -> None:
+    """The sampling / purifier flags shared by certify.py and the attacks."""
+    if cfg.sampling not in ("uniform", "lm"):
+        raise ValueError(f"sampling must be uniform or lm, got {cfg.sampling!r}")
+    if cfg.sampling == "lm" and not cfg.lm:
+        raise ValueError("--sampling lm needs --lm MLM_RUN (a masked-LM run: train.py --task mlm)")
+    if cfg.lm and cfg.sampling != "lm":
+        raise ValueError("--lm is only used with --sampling lm")
+    if cfg.refill_temperature < 0:
+        raise ValueError(f"refill_temperature must be >= 0, got {cfg.refill_temperature}")
+    if cfg.refill_temperature > 0 and not cfg.purifier:
+        raise ValueError("--refill-temperature needs --purifier")
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
     """One ``--flag`` per dataclass field, typed from its annotation, with the field's help text."""
     hints = typing.get_type_hints(cls)
@@ -165,7 +196,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         hint = hints[f.name]
         base = [a for a in typing.get_args(hint) if a is not type(None)]
         typ = base[0] if base else hint
-        help_ = f.metadata.get("help", "")
+        help_ = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help strings with %
         if typ is bool:
             parser.add_argument(flag, action="store_true", default=f.default, help=help_)
         else:

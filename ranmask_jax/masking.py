@@ -312,6 +312,10 @@ class UniformKeepSets:
         """``n`` keep sets ``[n, width]`` on the device; one compilation per (n, width)."""
         return _sample_jit(key, h, self.k(h), n=n, width=width)
 
+    def sample_text(self, key: jax.Array, enc: EncodedText, n: int, width: int) -> jax.Array:
+        """``n`` keep sets of ``enc``'s words (the uniform distribution reads only h)."""
+        return self.sample(key, enc.h, n, width)
+
     def enumerate(self, h: int, width: int) -> np.ndarray:
         """All C(h, k) keep sets, bool ``[C(h, k), width]`` (one empty set when k = 0)."""
         k = self.k(h)

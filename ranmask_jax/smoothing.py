@@ -120,9 +120,10 @@ class SmoothedClassifier:
 
     def __init__(self, model, tokenizer, rho: float, *, batch_size: int = 256, max_len: int = 128,
                  mask_side: str = "second", min_keep: int = DEFAULT_MIN_KEEP, mesh=None, texts_per_batch: int = 32,
-                 transform=None, transform_params=None):
+                 transform=None, transform_params=None, keep_sets=None):
         logits_fn, params = nnx_logits_fn(model)
-        self._setup(logits_fn, params, tokenizer, UniformKeepSets(rho, min_keep), num_labels=model.cfg.num_labels,
+        keep_sets = keep_sets if keep_sets is not None else UniformKeepSets(rho, min_keep)
+        self._setup(logits_fn, params, tokenizer, keep_sets, num_labels=model.cfg.num_labels,
                     max_positions=getattr(model.cfg, "max_positions", None), batch_size=batch_size, max_len=max_len,
                     mask_side=mask_side, mesh=mesh, texts_per_batch=texts_per_batch, transform=transform,
                     transform_params=transform_params)
@@ -219,7 +220,7 @@ class SmoothedClassifier:
 
     def sample(self, key, enc: EncodedText, n: int) -> np.ndarray:
         """``n`` keep sets of ``enc``'s words (bool ``[n, W]``), sampled on the device."""
-        return np.asarray(self.keep_sets.sample(key, enc.h, n, self.word_width(enc)))
+        return np.asarray(self.keep_sets.sample_text(key, enc, n, self.word_width(enc)))
 
     def enumerate_keep_sets(self, enc: EncodedText) -> np.ndarray:
         """All C(h, k) keep sets of ``enc``'s words, bool ``[C(h, k), W]`` (one empty set when k = 0)."""

@@ -163,7 +163,8 @@ class Trainer:
         files = {"text_field": cfg.text_field, "pair_field": cfg.pair_field, "label_field": cfg.label_field,
                  "encoding": cfg.encoding, "multiline_fields": cfg.multiline_fields}
         self.train_ds = load_dataset(cfg.dataset, cfg.train_split, cfg.data_dir, **files)
-        if self.train_ds.num_labels < 2:
+        self.mlm = cfg.task == "mlm"
+        if not self.mlm and self.train_ds.num_labels < 2:
             raise DataError(f"{self.train_ds.source}: the training data has {self.train_ds.num_labels} label "
                             f"({', '.join(self.train_ds.label_names)}); a classifier needs at least two")
         self.dev_ds = None
@@ -175,16 +176,23 @@ class Trainer:
             else:
                 self.dev_ds = load_dataset(dev_name, cfg.dev_split, cfg.data_dir, label_names=self.train_ds.label_names,
                                            **files)
-        dropout = {} if cfg.dropout is None else {"hidden_dropout_prob": cfg.dropout,
-                                                   "attention_probs_dropout_prob": cfg.dropout}
-        model, self.tokenizer, mcfg = load_pretrained(cfg.model, num_labels=self.train_ds.num_labels, seed=cfg.seed,
-                                                      allow_pickle=cfg.allow_pickle, dtype=cfg.dtype, **dropout)
+        extra = {} if cfg.dropout is None else {"hidden_dropout_prob": cfg.dropout,
+                                                 "attention_probs_dropout_prob": cfg.dropout}
+        extra.update({"head": "mlm"} if self.mlm else {"num_labels": self.train_ds.num_labels})
+        model, self.tokenizer, mcfg = load_pretrained(cfg.model, seed=cfg.seed, allow_pickle=cfg.allow_pickle,
+                                                      dtype=cfg.dtype, **extra)
         self.model_cfg = mcfg
         if mcfg.max_positions < cfg.max_len:
             raise ValueError(f"max_len {cfg.max_len} exceeds the model's {mcfg.max_positions} positions")
         self.mask_id, self.pad_id = int(self.tokenizer.mask_token_id), int(self.tokenizer.pad_token_id)
-        self.train = encode_dataset(self.train_ds, self.tokenizer, cfg)
-        self.dev = encode_dataset(self.dev_ds, self.tokenizer, cfg) if self.dev_ds else None
+        if self.mlm:
+            from ranmask_jax import mlm
+
+            self.train = mlm.tokenize(self.train_ds, self.tokenizer, cfg.max_len)
+            self.dev = mlm.tokenize(self.dev_ds, self.tokenizer, cfg.max_len) if self.dev_ds else None
+        else:
+            self.train = encode_dataset(self.train_ds, self.tokenizer, cfg)
+            self.dev = encode_dataset(self.dev_ds, self.tokenizer, cfg) if self.dev_ds else None
         self.steps_per_epoch = len(self.train) // cfg.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(self.train)} training examples do not fill one batch of {cfg.batch_size}")
@@ -203,10 +211,11 @@ class Trainer:
         self.opt_state = distributed.replicate(self.tx.init(params), self.mesh)
         self.rest = distributed.replicate(self.rest, self.mesh)
         self.root = jax.random.key(cfg.seed)
-        self._train_step = jax.jit(self._step, donate_argnums=(0, 1))
+        self._train_step = jax.jit(self._mlm_step if self.mlm else self._step, donate_argnums=(0, 1))
         # gathered on every device, so that each process can read all the logits
         self._eval_logits = jax.jit(self._masked_logits, out_shardings=distributed.replicated(self.mesh))
         self.smoothed = None
+        self._recovery = None
 
     # -- config / resume ----------------------------------------------------------------------------------------------
     # -- jitted functions ------------------------------------------------------------------------------------------
@@ -228,6 +237,35 @@ class Trainer:
                    "grad_norm": optax.tree.norm(grads)}
         return params, opt_state, metrics
 
+    def _mlm_step(self, params, opt_state, rest, batch, key):
+        from ranmask_jax import mlm
+
+        k_sel, k_cor, k_drop = jax.random.split(key, 3)
+        labels = batch["input_ids"]
+        selected = mlm.select(k_sel, batch["word_ids"], batch["attention_mask"], self.cfg.mlm_probability,
+                              self.cfg.whole_word_mask)
+        ids = mlm.corrupt(k_cor, labels, selected, self.mask_id, self.model_cfg.vocab_size)
+        model = nnx.merge(self.graphdef, params, rest)
+        nnx.reseed(model, dropout=k_drop)
+
+        def loss_fn(m):
+            logits = m(ids, batch["attention_mask"], batch["token_type_ids"])  # [B, T, V]
+            return mlm.mlm_loss(logits, labels, selected)
+
+        (loss, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        updates, opt_state = self.tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, {"loss": loss, **aux, "grad_norm": optax.tree.norm(grads)}
+
+    def _mlm_recovery(self, params, rest, batch, key):
+        from ranmask_jax import mlm
+
+        selected = mlm.select(key, batch["word_ids"], batch["attention_mask"], self.cfg.mlm_probability,
+                              self.cfg.whole_word_mask)
+        ids = jnp.where(selected, self.mask_id, batch["input_ids"])
+        logits = nnx.merge(self.eval_graphdef, params, rest)(ids, batch["attention_mask"], batch["token_type_ids"])
+        return mlm.recovery_counts(logits, batch["input_ids"], selected)
+
     def _masked_logits(self, params, rest, batch, key):
         ids, types, attn = mask_batch(key, batch, self.mask_id, self.pad_id, self.cfg.max_len)
         return nnx.merge(self.eval_graphdef, params, rest)(ids, attn, types)
@@ -241,6 +279,32 @@ class Trainer:
 
     # -- evaluation ------------------------------------------------------------------------------------------------
     def evaluate(self) -> dict:
+        return self._evaluate_mlm() if self.mlm else self._evaluate_classifier()
+
+    def _evaluate_mlm(self) -> dict:
+        """Held-out masked-token recovery: a fixed selection of dev tokens (same keys every epoch) all replaced by
+        the mask token; top-1 / top-5 share of their original ids among the model's predictions."""
+        if self._recovery is None:
+            self._recovery = jax.jit(self._mlm_recovery, out_shardings=distributed.replicated(self.mesh))
+        key = jax.random.fold_in(self.root, 2**31 - 1)
+        totals = np.zeros(3)
+        n = len(self.dev)
+        for s in range(0, n, self.cfg.batch_size):
+            idx = np.arange(s, min(s + self.cfg.batch_size, n))
+            padded = np.concatenate([idx, np.full(self.cfg.batch_size - len(idx), idx[0])])
+            batch = self._device_batch(self.dev, padded)
+            per_row = np.asarray(self._recovery(self.params, self.rest, batch, jax.random.fold_in(key, s)))
+            totals += per_row[: len(idx)].sum(0)  # the padding rows do not count
+        return {"dev_masked_tokens": int(totals[0]), "dev_top1": totals[1] / max(totals[0], 1),
+                "dev_top5": totals[2] / max(totals[0], 1)}
+
+    def score(self, evaluation: dict) -> float:
+        """The dev score that picks the kept model."""
+        if self.mlm:
+            return evaluation["dev_top1"]
+        return evaluation.get("dev_smoothed_accuracy", evaluation["dev_masked_accuracy"])
+
+    def _evaluate_classifier(self) -> dict:
         """Dev accuracy of f on one masked copy per text, and of g (vote over ``eval_n`` copies) on a fixed subset."""
         assert self.dev is not None
         cfg = self.cfg
@@ -324,9 +388,17 @@ class Trainer:
         if not self.lead:
             return
         model = nnx.merge(self.eval_graphdef, self.params, self.rest)
+        if self.mlm:
+            export_pretrained(model, self.tokenizer, self.model_cfg.replace(dtype="float32"), self.out / "model",
+                              head="mlm")
+            meta = {"model_dir": "model", "task": "mlm", "max_len": self.cfg.max_len, "dataset": self.cfg.dataset,
+                    "mlm_probability": self.cfg.mlm_probability, "whole_word_mask": self.cfg.whole_word_mask,
+                    "step": step, "scores": scores, "base_model": self.cfg.model}
+            (self.out / RUN_META).write_text(json.dumps(meta, indent=2) + "\n")
+            return
         export_pretrained(model, self.tokenizer, self.model_cfg.replace(dtype="float32"), self.out / "model",
                           label_names=self.train_ds.label_names)
-        meta = {"model_dir": "model", "rho": self.cfg.rho, "min_keep": self.cfg.min_keep,
+        meta = {"model_dir": "model", "task": "classification", "rho": self.cfg.rho, "min_keep": self.cfg.min_keep,
                 "max_len": self.cfg.max_len, "mask_side": self.cfg.mask_side, "dataset": self.cfg.dataset,
                 "label_names": self.train_ds.label_names, "step": step, "scores": scores,
                 "base_model": self.cfg.model}
@@ -380,7 +452,7 @@ class Trainer:
             if epoch_end:
                 if self.dev is not None:
                     last_eval = self.evaluate()
-                    score = last_eval.get("dev_smoothed_accuracy", last_eval["dev_masked_accuracy"])
+                    score = self.score(last_eval)
                     emit({"step": step, "epoch": step / self.steps_per_epoch, **last_eval})
                     log.info("step %d: %s", step, last_eval)
                     if progress["best"] is None or score > progress["best"]:
@@ -395,7 +467,8 @@ class Trainer:
             metrics_file.close()
         if self.lead and not (self.out / RUN_META).exists():  # resumed after the last epoch end without a model export
             self._export_best(step, last_eval)
-        metric = "dev_smoothed_accuracy" if self.cfg.eval_n > 0 else "dev_masked_accuracy"
+        metric = "dev_top1" if self.mlm else "dev_smoothed_accuracy" if self.cfg.eval_n > 0 else \
+            "dev_masked_accuracy"
         return {"steps": step, "kept_model": f"step {progress['best_step']}, the best {metric} "
                 f"({progress['best']})" if progress["best"] is not None else "the last step (no dev split)",
                 "last_evaluation": last_eval}

@@ -279,3 +279,27 @@ def test_attack_run_end_to_end_and_resume(trained_run, tiny_setup, tmp_path, ens
     assert again.returncode == 0 and (out / "attack.jsonl").read_text().count("\n") == 4
     changed = attack("--ensemble", ensemble, "--n", "16")
     assert changed.returncode == 2 and "different config" in changed.stderr and "Traceback" not in changed.stderr
+
+
+def test_bert_attack_candidates_and_word_budget(bert_tokenizer):
+    from flax import nnx
+
+    from attacks.recipes import bert_attack
+    from ranmask_jax.models import build_model, tiny
+
+    mlm = build_model(tiny(vocab_size=len(bert_tokenizer), max_position_embeddings=64), "mlm", rngs=nnx.Rngs(0))
+
+    class Same:  # every text is equally similar: the sentence constraint never binds here
+        def encode(self, texts):
+            return np.ones((len(texts), 2)) / np.sqrt(2)
+
+    recipe = bert_attack(mlm=(mlm, bert_tokenizer), encoder=Same(), k=8)
+    t = AttackText.from_string("the acting, frankly, was unbelievably wooden")
+    for i in t.attackable():
+        cands = recipe.transformation(t, i, np.random.default_rng(0))
+        assert len(cands) <= 8 and all(c.isalpha() and c.lower() != t.core(i).lower() for c in cands)
+    swapped = t.replace(1, recipe.transformation(t, 1, np.random.default_rng(0))[0])
+    assert swapped.words[1].endswith(",")  # punctuation around the word is kept
+    original = AttackText.from_string(" ".join(WORDS[:10]))
+    out = greedy_wir(original, 1, Queries(stubborn_scorer), recipe, np.random.default_rng(0))
+    assert out.status == "failed" and 1 <= out.text.words_changed(original) <= 4  # at most 40% of 10 words

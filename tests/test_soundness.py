@@ -67,12 +67,15 @@ def mask_in_second_half(ids, attn, mask_id):
 _CACHE: dict = {}
 
 
-def _smoothed(tok, rule, threshold, rho, max_len, histogram=False):
-    """One SmoothedClassifier (one set of compilations) per setting; the threshold is swapped in as state."""
-    key = (id(tok), rule, rho, max_len, histogram)
+def _smoothed(tok, rule, threshold, rho, max_len, histogram=False, transform=None):
+    """One SmoothedClassifier (one set of compilations) per setting; the threshold is swapped in as state.
+    ``transform``: ``(fn, params)``, a copy transform between masking and the classifier (MaskPure's refill)."""
+    key = (id(tok), rule, rho, max_len, histogram, None if transform is None else id(transform[0]))
     model = RuleClassifier(rule, threshold, tok.mask_token_id, histogram)
     if key not in _CACHE:
-        _CACHE[key] = SmoothedClassifier(model, tok, rho, batch_size=256, max_len=max_len, min_keep=1)
+        fn, params = transform if transform is not None else (None, None)
+        _CACHE[key] = SmoothedClassifier(model, tok, rho, batch_size=256, max_len=max_len, min_keep=1,
+                                         transform=fn, transform_params=params)
     else:
         _CACHE[key].update_weights(model)
     return _CACHE[key]
@@ -83,9 +86,9 @@ def _exact_counts(sc, text, pair=None):
     return np.array(pr.counts), pr
 
 
-def _thresholds(tok, rule, text, pair, rho, max_len):
+def _thresholds(tok, rule, text, pair, rho, max_len, transform=None):
     """Thresholds that make f mostly (75-97%) say one class on x: a classifier an attacker would love to flip."""
-    hist, _ = _exact_counts(_smoothed(tok, rule, 0, rho, max_len, histogram=True), text, pair)
+    hist, _ = _exact_counts(_smoothed(tok, rule, 0, rho, max_len, histogram=True, transform=transform), text, pair)
     at_least = np.cumsum(hist[::-1])[::-1] / hist.sum()  # P(score >= t)
     share = np.maximum(at_least, 1 - at_least)
     return [int(t) for t in np.flatnonzero((share >= 0.76) & (share <= 0.97))[:2]]
@@ -104,11 +107,11 @@ PAIRS = [
 ]
 
 
-def _check_text(tok, rule, rho, max_len, text, pair=None):
+def _check_text(tok, rule, rho, max_len, text, pair=None, transform=None):
     """Returns (certified texts, substitutions tried, substitutions that changed p_c)."""
     certified = tried = moved = 0
-    for t in _thresholds(tok, rule, text, pair, rho, max_len):
-        sc = _smoothed(tok, rule, t, rho, max_len)
+    for t in _thresholds(tok, rule, text, pair, rho, max_len, transform):
+        sc = _smoothed(tok, rule, t, rho, max_len, transform=transform)
         cert = sc.certify(jax.random.key(0), text, None, pair, beta="one", exact_threshold=10**6)
         assert cert.mode == "exact"
         if cert.radius_one < 1:

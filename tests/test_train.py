@@ -193,6 +193,10 @@ def test_cli_errors_are_one_line(tiny_setup, tmp_path):
     res = run_cli("train.py", ["--out-dir", str(tmp_path / "x"), "--rho", "1.5"])
     assert res.returncode == 2 and "rho must be in [0, 1)" in res.stderr
     assert run_cli("train.py", ["--help"]).returncode == 0
+    assert run_cli("certify.py", ["--help"]).returncode == 0
+    attacks_help = subprocess.run([sys.executable, "-m", "attacks", "--help"], cwd=ROOT, capture_output=True,
+                                  text=True, timeout=120)
+    assert attacks_help.returncode == 0 and "--recipe" in attacks_help.stdout
 
 
 def test_non_finite_loss_stops_the_run(tiny_setup, tmp_path, monkeypatch):

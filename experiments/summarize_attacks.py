@@ -1,0 +1,99 @@
+"""The attack tables of docs/RESULTS.md (the paper's Tables 4-5 shape) from attack output directories.
+
+    python experiments/summarize_attacks.py --title "AG News" --plot docs/figures/agnews-attacks \
+        docs/runs/agnews-rho0/attack-deepwordbug-none docs/runs/agnews-rho0.9/attack-deepwordbug-vote ...
+
+One line per (defense, recipe): examples, Cln / Boa / Boa by a fresh recheck / Succ, average queries, perturbed-word
+fraction of the successful attacks, seconds per attacked example, and the wall time of the cell; recomputed from the
+rows (``attack.jsonl``), so a cell still running shows what it has. The plot: accuracy under attack per recipe
+(groups) and defense (bars), with 95% Clopper-Pearson intervals over the examples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from attacks.run import summarize
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def load(cell: Path) -> dict:
+    rows = [json.loads(x) for x in (cell / "attack.jsonl").read_text().splitlines() if x.strip()]
+    cfg = json.loads((cell / "attack_config.json").read_text())
+    meta = json.loads((cell / "summary.json").read_text()) if (cell / "summary.json").exists() else {}
+    s = summarize(rows)
+    ens = cfg["ensemble"]
+    defense = meta.get("defense") or ("plain model" if ens == "none" else f"{cell.parent.name} {ens}")
+    return {**s, "recipe": cfg["recipe"], "defense": defense, "cell": str(cell), "wanted": cfg.get("num_examples")}
+
+
+def table(cells: list[dict]) -> str:
+    lines = ["| defense | attack | examples | Cln % | Boa % | Boa % (recheck) | Succ % | queries | perturbed % | "
+             "s / attacked example | wall |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in sorted(cells, key=lambda c: (c["recipe"], c["defense"])):
+        done = f"{c['n']}" + (f" of {c['wanted']}" if c["wanted"] and c["n"] < c["wanted"] else "")
+        q = "-" if c["avg_queries"] is None else f"{c['avg_queries']:.0f}"
+        sec = "-" if c["seconds_per_attacked_example"] is None else f"{c['seconds_per_attacked_example']:.1f}"
+        lines.append(f"| {c['defense']} | {c['recipe']} | {done} | {_pct(c['clean_accuracy'])} | "
+                     f"{_pct(c['robust_accuracy'])} | {_pct(c['robust_accuracy_recheck'])} | {_pct(c['success_rate'])} "
+                     f"| {q} | {_pct(c['avg_perturbed_fraction'])} | {sec} | {c['seconds_total'] / 60:.0f} min |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(cells: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from scipy.stats import beta
+
+    recipes = sorted({c["recipe"] for c in cells})
+    defenses = sorted({c["defense"] for c in cells}, key=lambda d: (d != "plain model", d))
+    width = 0.8 / len(defenses)
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    labelled: set[str] = set()
+    for j, d in enumerate(defenses):
+        for i, r in enumerate(recipes):
+            got = [c for c in cells if c["recipe"] == r and c["defense"] == d]
+            if not got:
+                continue
+            c = got[0]
+            k, n = c["failed"], c["n"]
+            lo = beta.ppf(0.025, k, n - k + 1) if k > 0 else 0.0
+            hi = beta.ppf(0.975, k + 1, n - k) if k < n else 1.0
+            x = i + (j - (len(defenses) - 1) / 2) * width
+            ax.bar(x, 100 * k / n, width, color=f"C{j}", label=None if d in labelled else d)
+            labelled.add(d)
+            ax.errorbar(x, 100 * k / n, yerr=[[100 * (k / n - lo)], [100 * (hi - k / n)]], color="black",
+                        capsize=2, lw=0.8)
+    ax.set_xticks(np.arange(len(recipes)), recipes)
+    ax.set_ylabel("accuracy under attack (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    for ext in (".png", ".pdf"):
+        fig.savefig(str(path) + ext, dpi=200)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("cells", nargs="+", type=Path)
+    p.add_argument("--title", default="")
+    p.add_argument("--plot", type=Path)
+    args = p.parse_args()
+    cells = [load(c) for c in args.cells]
+    print(table(cells))
+    if args.plot:
+        plot(cells, args.plot, args.title)
+
+
+if __name__ == "__main__":
+    main()

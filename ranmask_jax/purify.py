@@ -1,0 +1,70 @@
+"""MaskPure (Ruiz Hubarruby et al. 2024): mask, refill every mask with a masked LM in one forward pass, classify.
+
+``mlm_refill(mlm, classifier_tokenizer)`` is a copy transform for the engine (``SmoothedClassifier(...,
+transform=..., transform_params=...)``): in every masked copy each mask token is replaced by the masked LM's top-1
+token at that position (``temperature > 0``: a token sampled from its softmax at that temperature instead), all
+masks of a copy in the same pass; special tokens are never filled in.
+
+With the argmax refill, mask -> refill -> classify is a deterministic function of the masked copy, so Theorem 1 and
+the RanMASK certificate hold unchanged for the purified smoothed classifier (same uniform keep sets, same k):
+certify accepts it. A sampled refill is random beyond the keep set and is refused by certify.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class RefillError(ValueError):
+    pass
+
+
+def mlm_refill(mlm_model, mlm_tokenizer, classifier_tokenizer, temperature: float = 0.0):
+    """``(transform, params)`` for the engine. The masked LM must share the classifier's vocabulary."""
+    from flax import nnx
+
+    if mlm_tokenizer.get_vocab() != classifier_tokenizer.get_vocab():
+        raise RefillError("the masked LM's vocabulary differs from the classifier's; MaskPure refills token ids, so "
+                          "both must use the same tokenizer")
+    if temperature < 0:
+        raise RefillError(f"temperature must be >= 0, got {temperature}")
+    mlm_model.eval()
+    graphdef, state = nnx.split(mlm_model)
+    mask_id = int(classifier_tokenizer.mask_token_id)
+    vocab = mlm_model.cfg.vocab_size
+    never = np.zeros(vocab, bool)
+    never[[i for i in classifier_tokenizer.all_special_ids if i < vocab]] = True
+    never = jnp.asarray(never)
+
+    def transform(params, key, ids, attn, types):
+        logits = nnx.merge(graphdef, params)(ids, attn, types)  # [R, T, V]
+        logits = jnp.where(never, -jnp.inf, logits)
+        if temperature > 0:
+            fill = jax.random.categorical(key, logits / temperature, axis=-1)
+        else:
+            fill = jnp.argmax(logits, axis=-1)
+        return jnp.where((ids == mask_id) & (attn > 0), fill.astype(ids.dtype), ids), attn, types
+
+    transform.deterministic = temperature == 0
+    return transform, state
+
+
+def vote_modes(counts: np.ndarray, prob_mean: np.ndarray, mode: str) -> np.ndarray:
+    """MaskPure's voting modes from a text's vote counts ``[C]`` and mean softmax probabilities ``[C]``:
+    "logit" (the mean probabilities), "majority" (vote shares; the argmax of tied shares goes to the class with the
+    larger mean probability), "onehot" (one-hot of that majority class)."""
+    counts, prob_mean = np.asarray(counts, np.float64), np.asarray(prob_mean, np.float64)
+    if mode == "logit":
+        return prob_mean
+    shares = counts / max(counts.sum(), 1)
+    top = np.flatnonzero(shares == shares.max())
+    winner = int(top[np.argmax(prob_mean[top])])
+    if mode == "onehot":
+        return np.eye(len(counts))[winner]
+    if mode == "majority":
+        out = shares.copy()
+        out[winner] += 1e-9  # the tie-break, without changing any untied share meaningfully
+        return out / out.sum()
+    raise ValueError(f"voting mode must be logit, majority or onehot, got {mode!r}")

@@ -1,0 +1,150 @@
+"""Masked-LM fine-tuning: selection and 80/10/10 corruption statistics, the loss, an end-to-end tiny run that
+transformers loads with the same logits, and resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ranmask_jax import mlm
+from tests.test_train import ROOT, run_cli, tiny_setup, trained_run  # noqa: F401
+
+
+def test_selection_skips_specials_and_takes_whole_words():
+    word_ids = jnp.array([[-1, 0, 0, 0, 1, 2, 2, -1, -1]] * 4000)  # [CLS] w0 w0 w0 w1 w2 w2 [SEP] pad
+    attn = jnp.array([[1, 1, 1, 1, 1, 1, 1, 1, 0]] * 4000)
+    sel = np.asarray(mlm.select(jax.random.key(0), word_ids, attn, 0.15, whole_word=True))
+    assert not sel[:, [0, 7, 8]].any()
+    assert (sel[:, 1] == sel[:, 2]).all() and (sel[:, 2] == sel[:, 3]).all() and (sel[:, 5] == sel[:, 6]).all()
+    for col in (1, 4, 5):  # each word selected with probability 0.15: within 4 standard deviations
+        assert abs(sel[:, col].mean() - 0.15) < 4 * np.sqrt(0.15 * 0.85 / 4000)
+    tok = np.asarray(mlm.select(jax.random.key(1), word_ids, attn, 0.15, whole_word=False))
+    assert not tok[:, [0, 7, 8]].any() and (tok[:, 1] != tok[:, 2]).any()
+    assert abs(tok[:, 1:7].mean() - 0.15) < 4 * np.sqrt(0.15 * 0.85 / (6 * 4000))
+
+
+def test_corruption_is_80_10_10():
+    ids = jnp.full((200, 100), 7, jnp.int32)
+    selected = jnp.arange(100)[None, :].repeat(200, 0) < 50
+    out = np.asarray(mlm.corrupt(jax.random.key(2), ids, selected, mask_id=3, vocab_size=1000))
+    chosen, rest = out[:, :50], out[:, 50:]
+    assert (rest == 7).all()  # unselected tokens never change
+    m = chosen.size
+    masked, kept = (chosen == 3).mean(), (chosen == 7).mean()
+    rand = 1 - masked - kept
+    for got, want in ((masked, 0.8), (rand, 0.1 * 999 / 1000), (kept, 0.1 + 0.1 / 1000)):
+        assert abs(got - want) < 4 * np.sqrt(want * (1 - want) / m), (got, want)
+
+
+def test_loss_is_the_cross_entropy_of_the_selected_tokens():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 3, 5)).astype(np.float32)
+    labels = rng.integers(0, 5, size=(2, 3))
+    sel = np.array([[True, False, True], [False, False, True]])
+    loss, aux = mlm.mlm_loss(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(sel))
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    want = -np.mean([logp[b, t, labels[b, t]] for b in range(2) for t in range(3) if sel[b, t]])
+    assert float(loss) == pytest.approx(want, rel=1e-5) and float(aux["predicted_tokens"]) == 3
+    counts = np.asarray(mlm.recovery_counts(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(sel)))
+    top1 = [logits[b, t].argmax() == labels[b, t] for b in range(2) for t in range(3) if sel[b, t]]
+    assert counts[:, 0].tolist() == [2, 1] and counts[:, 1].sum() == sum(top1) and (counts[:, 2] >= counts[:, 1]).all()
+
+
+MLM_RUN = ["--task", "mlm", "--batch-size", "8", "--epochs", "2", "--max-len", "32", "--checkpoint-every", "4",
+           "--log-every", "2", "--lr", "1e-3", "--whole-word-mask"]
+
+
+def mlm_args(setup, out):
+    return ["--out-dir", str(out), "--model", setup["model"], "--dataset", setup["train"], "--dev-file",
+            setup["dev"], *MLM_RUN]
+
+
+@pytest.fixture(scope="module")
+def mlm_run(tiny_setup):  # noqa: F811
+    out = tiny_setup["dir"] / "mlm_a"
+    res = run_cli("train.py", mlm_args(tiny_setup, out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
+
+
+def test_mlm_run_exports_a_masked_lm_that_transformers_loads(mlm_run):
+    import torch
+    from transformers import AutoModelForMaskedLM
+
+    from ranmask_jax.models import load_pretrained
+
+    rows = [json.loads(x) for x in (mlm_run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    evals = [r for r in rows if "dev_top1" in r]
+    assert len(evals) == 2 and all(0 <= r["dev_top1"] <= r["dev_top5"] <= 1 for r in evals)
+    assert losses[-1] < losses[0]  # the tiny model learns the tiny vocabulary of the rule data
+    meta = json.loads((mlm_run / "ranmask_run.json").read_text())
+    assert meta["task"] == "mlm" and meta["whole_word_mask"] is True
+    model, tok, _ = load_pretrained(mlm_run, head="mlm")
+    enc = tok(["the film was good", "a very long plot"], padding=True, return_tensors="np")
+    ours = np.asarray(model(jnp.asarray(enc["input_ids"]), jnp.asarray(enc["attention_mask"]),
+                            jnp.asarray(enc["token_type_ids"])))
+    ref = AutoModelForMaskedLM.from_pretrained(str(mlm_run / "model")).eval()
+    with torch.no_grad():
+        theirs = ref(**{k: torch.tensor(v) for k, v in enc.items()}).logits.numpy()
+    np.testing.assert_allclose(ours, theirs, atol=2e-4)
+
+
+def test_mlm_run_resumes_after_kill(tiny_setup, mlm_run):  # noqa: F811
+    from safetensors.numpy import load_file
+
+    out = tiny_setup["dir"] / "mlm_b"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *mlm_args(tiny_setup, out)],
+                            env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpt = out / "checkpoints" / "4"
+    deadline = time.time() + 300
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "no checkpoint appeared before the kill"
+    res = run_cli("train.py", mlm_args(tiny_setup, out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"resumed {out} from step" in res.stderr
+    a, b = (load_file(d / "model" / "model.safetensors") for d in (mlm_run, out))
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], atol=1e-6, err_msg=k)
+
+
+def test_certify_refuses_a_masked_lm_run(mlm_run):
+    res = run_cli("certify.py", ["--run-dir", str(mlm_run), "--predict", "-"], input="a b\n")
+    assert res.returncode == 2 and "masked-LM run" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_lm_sampling_and_maskpure_from_the_command_line(trained_run, mlm_run, tiny_setup, tmp_path):  # noqa: F811
+    """certify.py refuses a certificate for LM-based sampling in one line, measures accuracy with it (labelled
+    empirical only), and certifies with the MaskPure refill (argmax: certifiable)."""
+    base = ["--run-dir", str(trained_run), "--dataset", tiny_setup["dev"], "--split", "test", "--num-examples", "3",
+            "--n0", "8", "--n", "16"]
+    lm = ["--sampling", "lm", "--lm", str(mlm_run)]
+    res = run_cli("certify.py", [*base, *lm, "--out", str(tmp_path / "refused")])
+    assert res.returncode == 2 and "no certificate: LM-based sampling" in res.stderr and "Traceback" not in res.stderr
+    res = run_cli("certify.py", [*base, *lm, "--accuracy-only", "--out", str(tmp_path / "acc")])
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((tmp_path / "acc" / "summary.json").read_text())
+    assert summary["empirical_only"] is True and summary["sampling"] == "lm"
+    assert "LM-based sampling (empirical only)" in (tmp_path / "acc" / "table.md").read_text()
+    res = run_cli("certify.py", [*base, "--purifier", str(mlm_run), "--out", str(tmp_path / "maskpure")])
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((tmp_path / "maskpure" / "summary.json").read_text())
+    assert summary["purifier"] == str(mlm_run) and summary["n"] == 3
+    res = run_cli("certify.py", [*base, "--purifier", str(mlm_run), "--refill-temperature", "1.0",
+                                 "--out", str(tmp_path / "sampled")])
+    assert res.returncode == 2 and "no certificate: a sampled refill" in res.stderr
+    res = run_cli("certify.py", [*base, "--purifier", str(trained_run), "--out", str(tmp_path / "wrong")])
+    assert res.returncode == 2 and "not a masked-LM run" in res.stderr

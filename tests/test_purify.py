@@ -1,0 +1,90 @@
+"""MaskPure: the refill transform, its voting modes, and the certified MaskPure (a deterministic refill keeps
+Theorem 1): exhaustive keep sets, and no substitution within the radius flips the answer."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from ranmask_jax.models import build_model, tiny
+from ranmask_jax.purify import RefillError, mlm_refill, vote_modes
+from tests.test_soundness import SINGLE, _check_text, _exact_counts, _smoothed
+
+
+def ids_divisible_by_three(ids, attn, mask_id):
+    """A rule that reads every token the classifier sees, refilled ones included."""
+    return jnp.sum((ids % 3 == 0) & (attn > 0) & (ids != mask_id), axis=-1)
+
+
+@pytest.fixture(scope="module")
+def refill(bert_tokenizer):
+    mlm = build_model(tiny(vocab_size=len(bert_tokenizer), max_position_embeddings=128), "mlm", rngs=nnx.Rngs(3))
+    return mlm_refill(mlm, bert_tokenizer, bert_tokenizer)
+
+
+def test_refill_replaces_every_mask_and_nothing_else(bert_tokenizer, refill):
+    fn, params = refill
+    mask = bert_tokenizer.mask_token_id
+    ids = jnp.array([[101, 2023, mask, 2003, mask, 102, 0, 0]])
+    attn = jnp.array([[1, 1, 1, 1, 1, 1, 0, 0]])
+    out, a2, t2 = fn(params, jax.random.key(0), ids, attn, jnp.zeros_like(ids))
+    out = np.asarray(out)
+    assert (out[0, [0, 1, 3, 5, 6, 7]] == np.asarray(ids)[0, [0, 1, 3, 5, 6, 7]]).all()
+    assert mask not in out[0, :6] and not set(out[0, [2, 4]]) & set(bert_tokenizer.all_special_ids)
+    again, _, _ = fn(params, jax.random.key(1), ids, attn, jnp.zeros_like(ids))
+    assert np.array_equal(np.asarray(again), out)  # argmax: the key does not matter
+    assert fn.deterministic
+
+
+def test_refill_needs_the_same_vocabulary(bert_tokenizer, roberta_tokenizer):
+    mlm = build_model(tiny(vocab_size=len(roberta_tokenizer)), "mlm", rngs=nnx.Rngs(0))
+    with pytest.raises(RefillError, match="vocabulary"):
+        mlm_refill(mlm, roberta_tokenizer, bert_tokenizer)
+
+
+def test_voting_modes_on_constructed_tables():
+    counts, probs = np.array([5, 5, 1]), np.array([0.3, 0.5, 0.2])
+    assert np.allclose(vote_modes(counts, probs, "logit"), probs)
+    maj = vote_modes(counts, probs, "majority")
+    assert maj.argmax() == 1 and np.isclose(maj.sum(), 1) and np.allclose(maj, counts / 11, atol=1e-8)
+    assert vote_modes(counts, probs, "onehot").tolist() == [0, 1, 0]
+    assert vote_modes(np.array([1, 7, 3]), np.array([0.9, 0.05, 0.05]), "onehot").tolist() == [0, 1, 0]
+    with pytest.raises(ValueError, match="voting mode"):
+        vote_modes(counts, probs, "mean")
+
+
+def neighbour_refill(t_params, key, ids, attn, types):
+    """A cheap deterministic refill that reads the context like a masked LM: a mask becomes a token id made from
+    its two neighbours (masks filled left to right see the fills before them)."""
+    mask = t_params
+    left = jnp.roll(ids, 1, axis=1)
+    right = jnp.roll(ids, -1, axis=1)
+    fill = 1000 + (left * 7 + right * 13) % 997
+    return jnp.where((ids == mask) & (attn > 0), fill, ids), attn, types
+
+
+def test_certified_maskpure_no_substitution_breaks_it(bert_tokenizer):
+    """The RanMASK certificate of mask -> refill -> classify: rigorous (beta = 1) certificates on exhaustive keep
+    sets hold against every single-word substitution (and word pairs where the radius is >= 2), within and beyond
+    max_len; the refill is not vacuous: it changes the vote distribution."""
+    refill = (neighbour_refill, jnp.int32(bert_tokenizer.mask_token_id))
+    certified = tried = moved = 0
+    for text in SINGLE:
+        for max_len in (12, 64):
+            c, t, m = _check_text(bert_tokenizer, ids_divisible_by_three, 0.75, max_len, text, transform=refill)
+            certified, tried, moved = certified + c, tried + t, moved + m
+    assert certified >= 2 and tried >= 100 and moved >= tried // 10, (certified, tried, moved)
+    plain, _ = _exact_counts(_smoothed(bert_tokenizer, ids_divisible_by_three, 0, 0.75, 64, histogram=True),
+                             SINGLE[1])
+    purified, _ = _exact_counts(_smoothed(bert_tokenizer, ids_divisible_by_three, 0, 0.75, 64, histogram=True,
+                                          transform=refill), SINGLE[1])
+    assert not np.array_equal(plain, purified)
+
+
+def test_certified_maskpure_with_a_masked_lm_refill(bert_tokenizer, refill):
+    """The same property with the real refill (a random tiny masked LM, argmax), on one text beyond max_len."""
+    c, t, m = _check_text(bert_tokenizer, ids_divisible_by_three, 0.75, 10, "a b c d e f g h", transform=refill)
+    assert c >= 1 and t >= 8, (c, t, m)
