@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ranmask_jax.config import check_resume_config, opt
+from ranmask_jax.config import SmoothedRunConfig, check_resume_config, opt
 from ranmask_jax.data import DataError
 from ranmask_jax.files import RowFile, fingerprint_rows
 
@@ -28,20 +28,12 @@ RESUMABLE_CHANGES = ("data_dir", "batch_size", "num_examples")
 
 
 @dataclasses.dataclass
-class AttackConfig:
+class AttackConfig(SmoothedRunConfig):
     """An attack on a trained run (the paper's Section 4.3: n = 100 copies per query, 100 examples per cell)."""
 
-    run_dir: str = opt("", "a training run directory (or a model directory with --rho for smoothed ensembles)")
     out: str = opt("", "output directory: attack.jsonl (one row per example), summary.json, table.md")
     recipe: str = opt("deepwordbug", "deepwordbug, textfooler or bert-attack (needs --attack-mlm)")
     attack_mlm: str | None = opt(None, "bert-attack: the masked-LM run whose predictions are the candidates")
-    dataset: str = opt("sst2", "preset, file, or tfds:/hf: source")
-    data_dir: str | None = opt(None, "directory holding the preset datasets (default: $RANMASK_DATA_DIR)")
-    split: str = opt("test", "split to attack")
-    text_field: str | None = opt(None, "file datasets: the text column / key")
-    label_field: str = opt("label", "file datasets: the label column / key")
-    encoding: str = opt("utf-8", "file datasets: text encoding")
-    multiline_fields: bool = opt(False, "CSV/TSV files: allow quoted fields that contain line breaks")
     num_examples: int | None = opt(100, "attack a seeded random subset of this many texts (default 100; none: all)")
     seed: int = opt(0, "root seed: the subset, the smoothed copies and the random character edits")
     ensemble: str = opt("vote", "none (the base model on the plain text), or the smoothed classifier: vote (vote "
@@ -52,37 +44,24 @@ class AttackConfig:
     cache: bool = opt(False, "answer each distinct text once per example (TextAttack's cache: a randomized "
                              "defense then looks deterministic); default: fresh copies for every query")
     query_budget: int | None = opt(None, "queries per example (none: unlimited, as in the paper)")
-    rho: float | None = opt(None, "masking rate (default: the run's)")
-    min_keep: int | None = opt(None, "floor on kept words (default: the run's)")
-    max_len: int | None = opt(None, "maximum tokens the model reads (default: the run's)")
-    mask_side: str | None = opt(None, "for pairs: masked side (default: the run's)")
-    batch_size: int | None = opt(None, "rows per device step (default: 64 per CPU device, 256 per GPU/TPU)")
-    dtype: str = opt("float32", "compute dtype")
-    allow_pickle: bool = opt(False, "allow loading a pickled pytorch_model.bin (runs code from the file)")
-    sampling: str = opt("uniform", "keep sets: uniform, or lm (masked words drawn by a masked LM's surprise, --lm)")
-    lm: str | None = opt(None, "with --sampling lm: the masked-LM run (train.py --task mlm)")
-    purifier: str | None = opt(None, "MaskPure: a masked-LM run that refills every mask before classifying")
-    refill_temperature: float = opt(0.0, "with --purifier: 0 refills by argmax; > 0 samples at this temperature")
 
     def __post_init__(self):
-        from ranmask_jax.config import check_engine_options
+        super().__post_init__()
+        from attacks.recipes import RECIPES
 
-        check_engine_options(self)
+        if not self.out:
+            raise ValueError("out is required")
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}; known: {', '.join(RECIPES)}")
+        if self.recipe == "bert-attack" and not self.attack_mlm:
+            raise ValueError("bert-attack needs --attack-mlm RUN (a masked-LM run: train.py --task mlm)")
+        if self.ensemble not in ENSEMBLES:
+            raise ValueError(f"ensemble must be one of {', '.join(ENSEMBLES)}, got {self.ensemble!r}")
         if self.ensemble == "none" and (self.sampling != "uniform" or self.purifier):
             raise ValueError("--sampling lm and --purifier act on the smoothed classifier; --ensemble none attacks "
                              "the plain model")
-        if not self.run_dir or not self.out:
-            raise ValueError("run_dir and out are required")
-        from attacks.recipes import RECIPES
-
-        if self.recipe not in RECIPES:
-            raise ValueError(f"unknown recipe {self.recipe!r}; known: {', '.join(RECIPES)}")
-        if self.ensemble not in ENSEMBLES:
-            raise ValueError(f"ensemble must be one of {', '.join(ENSEMBLES)}, got {self.ensemble!r}")
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
-        if self.recipe == "bert-attack" and not self.attack_mlm:
-            raise ValueError("bert-attack needs --attack-mlm RUN (a masked-LM run: train.py --task mlm)")
         if self.query_budget is not None and self.query_budget < 1:
             raise ValueError(f"query_budget must be >= 1, got {self.query_budget}")
         if self.num_examples is not None and self.num_examples < 1:

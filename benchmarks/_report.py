@@ -14,6 +14,16 @@ def parser(doc: str, reps: int) -> argparse.ArgumentParser:
     return p
 
 
+def add_run_flags(p: argparse.ArgumentParser, texts: int) -> None:
+    """The flags of the benchmarks that read a trained run and test texts of a dataset."""
+    import os
+
+    p.add_argument("--run-dir", required=True, help="a trained run directory")
+    p.add_argument("--dataset", default="sst2")
+    p.add_argument("--data-dir", default=os.environ.get("RANMASK_DATA_DIR", "../shared/data"))
+    p.add_argument("--texts", type=int, default=texts, help="test texts (the first of the seeded subset)")
+
+
 def report(lines: list[str], result: dict, json_path: str | None) -> dict:
     for line in lines:
         print(line)

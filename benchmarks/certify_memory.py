@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _report import parser, report
+from _report import add_run_flags, parser, report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,10 +36,7 @@ def peak_rss_mib(args: list[str]) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__, reps=1)
-    p.add_argument("--run-dir", required=True, help="a trained run directory")
-    p.add_argument("--dataset", default="sst2")
-    p.add_argument("--data-dir", default=os.environ.get("RANMASK_DATA_DIR", "../shared/data"))
-    p.add_argument("--texts", type=int, default=2, help="test texts (a seeded subset)")
+    add_run_flags(p, texts=2)
     p.add_argument("--n", type=int, nargs="+", default=[1000, 100000], help="estimation copies per text")
     p.add_argument("--batch-size", type=int, help="copies per device step (certify.py's default if unset)")
     args = p.parse_args(argv)

@@ -26,15 +26,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _report import parser, report
+from _report import add_run_flags, parser, report
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__, reps=3)
-    p.add_argument("--run-dir", required=True, help="a trained run directory")
-    p.add_argument("--dataset", default="sst2")
-    p.add_argument("--data-dir", default=os.environ.get("RANMASK_DATA_DIR", "../shared/data"))
-    p.add_argument("--texts", type=int, default=50, help="test texts (the first of the seeded subset)")
+    add_run_flags(p, texts=50)
     p.add_argument("--n0", type=int, default=100)
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=256, help="the engine's rows per device step")
@@ -76,14 +73,18 @@ def main(argv: list[str] | None = None) -> dict:
     tmodel = tf.AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
     torch.set_num_threads(os.cpu_count() or 1)
 
-    def run_jax():
+    def engine_votes(engine):
+        """The engine's votes for every text, 16 texts per call, distinct copies only; and its padded tokens."""
         out, tokens = [], 0
         for s in range(0, len(encs), 16):
             reqs = [(e, *dedup(np.pad(k, ((0, 0), (0, sc.word_width(e) - e.h)))))
                     for e, k in zip(encs[s:s + 16], keeps[s:s + 16], strict=True)]
-            out += [v.counts for v in sc.votes(reqs)]
+            out += [v.counts for v in engine.votes(reqs)]
             tokens += sum(copy_bucket(int(x), max_len) for e, k, _ in reqs for x in copy_lengths(e, k, max_len))
         return out, tokens
+
+    def run_jax():
+        return engine_votes(sc)
 
     def run_torch():
         out, tokens = [], 0
@@ -126,12 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                 num_labels=sc.num_labels, max_len=max_len, batch_size=args.batch_size)
 
     def run_jax_null():
-        out, tokens = [], 0
-        for s in range(0, len(encs), 16):
-            reqs = [(e, *dedup(np.pad(k, ((0, 0), (0, sc.word_width(e) - e.h)))))
-                    for e, k in zip(encs[s:s + 16], keeps[s:s + 16], strict=True)]
-            out += [v.counts for v in null_sc.votes(reqs)]
-        return out, tokens
+        return engine_votes(null_sc)[0], 0
 
     pipes = {"jax": run_jax, "torch": run_torch, "original": run_original, "jax_null": run_jax_null}
     names = [x for x in args.pipelines.split(",") if x]

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from ranmask_jax import distributed, metrics
-from ranmask_jax.config import CertifyConfig, check_resume_config
+from ranmask_jax.config import CertifyConfig, SmoothedRunConfig, check_resume_config
 from ranmask_jax.data import DataError, load_dataset
 from ranmask_jax.files import RowFile, fingerprint_files, fingerprint_rows, read_json, read_rows
 from ranmask_jax.masking import DEFAULT_MIN_KEEP
@@ -38,7 +38,7 @@ RESUMABLE_CHANGES = ("data_dir", "batch_size", "num_examples", "texts_per_call",
                      "num_processes", "process_id")
 
 
-def smoothed_from_run(cfg: CertifyConfig, local: bool = False) -> tuple[SmoothedClassifier, dict]:
+def smoothed_from_run(cfg: SmoothedRunConfig, local: bool = False) -> tuple[SmoothedClassifier, dict]:
     """The smoothed classifier of a run directory, with the run's rho / max_len / mask side unless overridden.
     ``settings["label_names"]`` is the run's label map (None for a model directory that names no labels)."""
     model_dir, meta = resolve(cfg.run_dir)
@@ -61,14 +61,14 @@ def smoothed_from_run(cfg: CertifyConfig, local: bool = False) -> tuple[Smoothed
     sc = SmoothedClassifier(model, tok, batch_size=bs, mesh=mesh, **settings, **extra)
     names = meta.get("label_names") or _config_label_names(model_dir, sc.num_labels)
     weights = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("pytorch_model*.bin"))
-    settings.update(sampling=getattr(cfg, "sampling", "uniform"), purifier=getattr(cfg, "purifier", None),
+    settings.update(sampling=cfg.sampling, purifier=cfg.purifier,
                     empirical_only=not getattr(extra.get("keep_sets"), "certifiable", True) or not getattr(
                         extra.get("transform"), "deterministic", True))
     return sc, {**settings, "label_names": names, "model_fingerprint": fingerprint_files(weights + fingerprints)}
 
 
 def no_certificate(cfg) -> str:
-    why = ("LM-based sampling draws non-uniform keep sets" if getattr(cfg, "sampling", "uniform") == "lm" else
+    why = ("LM-based sampling draws non-uniform keep sets" if cfg.sampling == "lm" else
            "a sampled refill (--refill-temperature > 0) is random beyond the keep set")
     return (f"no certificate: {why}, and Theorem 1 assumes uniform keep sets and a deterministic base classifier; "
             "use --accuracy-only or --predict (empirical only)")
@@ -83,17 +83,17 @@ def _load_mlm(run: str, cfg) -> tuple:
     return model, tok, sorted(mlm_dir.glob("*.safetensors"))
 
 
-def _sampling_and_purifier(cfg, tok, settings: dict) -> tuple[dict, list]:
+def _sampling_and_purifier(cfg: SmoothedRunConfig, tok, settings: dict) -> tuple[dict, list]:
     """The engine's keep-set distribution (``--sampling lm --lm RUN``) and copy transform (``--purifier RUN``)."""
     extra, files = {}, []
-    if getattr(cfg, "sampling", "uniform") == "lm":
+    if cfg.sampling == "lm":
         from ranmask_jax.lm_sampling import LMKeepSets, mlm_word_scores
 
         lm, lm_tok, f = _load_mlm(cfg.lm, cfg)
         extra["keep_sets"] = LMKeepSets(settings["rho"], mlm_word_scores(lm, lm_tok, settings["max_len"]),
                                         settings["min_keep"])
         files += f
-    if getattr(cfg, "purifier", None):
+    if cfg.purifier:
         from ranmask_jax.purify import mlm_refill
 
         mlm, mlm_tok, f = _load_mlm(cfg.purifier, cfg)
@@ -117,10 +117,9 @@ def select_indices(n_total: int, num_examples: int | None, seed: int) -> np.ndar
     return np.sort(np.random.default_rng(seed).choice(n_total, size=num_examples, replace=False))
 
 
-def load_for_run(cfg: CertifyConfig, settings: dict, num_labels: int):
+def load_for_run(cfg: SmoothedRunConfig, settings: dict, num_labels: int):
     """The dataset split, with labels mapped to the run's label map by name (refused when they do not match)."""
-    ds = load_dataset(cfg.dataset, cfg.split, cfg.data_dir, text_field=cfg.text_field,
-                      pair_field=getattr(cfg, "pair_field", None),
+    ds = load_dataset(cfg.dataset, cfg.split, cfg.data_dir, text_field=cfg.text_field, pair_field=cfg.pair_field,
                       label_field=cfg.label_field, label_names=settings["label_names"], encoding=cfg.encoding,
                       multiline_fields=cfg.multiline_fields)
     if ds.num_labels != num_labels:

@@ -95,19 +95,66 @@ class TrainConfig:
 
 
 @dataclasses.dataclass
-class CertifyConfig:
-    """Certification of a trained run on a dataset split (paper: n0 = 100, n = 5000, alpha = 0.05)."""
+class SmoothedRunConfig:
+    """The smoothed classifier of a trained run and the data split it reads: what certify.py and the attacks share
+    (the run's rho / max_len / mask side unless overridden, the keep-set sampler, the MaskPure refill)."""
 
     run_dir: str = opt("", "a training run directory (or any model directory with --rho)")
-    out: str = opt("", "output directory: certify.jsonl (one row per text), summary.json, table.md, plot.png")
     dataset: str = opt("sst2", "preset, file, or tfds:/hf: source")
     data_dir: str | None = opt(None, "directory holding the preset datasets (default: $RANMASK_DATA_DIR)")
-    split: str = opt("test", "split to certify")
+    split: str = opt("test", "split to read")
     text_field: str | None = opt(None, "file datasets: the text column / key")
     pair_field: str | None = opt(None, "file datasets: the second text of a pair")
     label_field: str = opt("label", "file datasets: the label column / key")
     encoding: str = opt("utf-8", "file datasets: text encoding (a UTF-8 byte-order mark is dropped)")
     multiline_fields: bool = opt(False, "CSV/TSV files: allow quoted fields that contain line breaks")
+    rho: float | None = opt(None, "masking rate (default: the run's)")
+    min_keep: int | None = opt(None, "floor on kept words (default: the run's)")
+    max_len: int | None = opt(None, "maximum tokens the model reads; copies are cut after masking (default: the "
+                                    "run's)")
+    mask_side: str | None = opt(None, "for pairs: masked side (default: the run's)")
+    batch_size: int | None = opt(None, "masked copies per device step (default: 64 per CPU device, 256 per GPU/TPU; "
+                                       "on a 2-core CPU 64-row steps certified faster than 256, docs/BENCHMARKS.md)")
+    dtype: str = opt("float32", "compute dtype")
+    allow_pickle: bool = opt(False, "allow loading a pickled pytorch_model.bin (runs code from the file)")
+    sampling: str = opt("uniform", "keep sets: uniform (certifiable) or lm (masked words drawn by a masked LM's "
+                                   "surprise, --lm; empirical only: no certificate)")
+    lm: str | None = opt(None, "with --sampling lm: the masked-LM run (train.py --task mlm)")
+    purifier: str | None = opt(None, "MaskPure: a masked-LM run that refills every mask before classifying "
+                                     "(certifiable with the argmax refill)")
+    refill_temperature: float = opt(0.0, "with --purifier: 0 refills by argmax; > 0 samples at this temperature "
+                                         "(no certificate)")
+
+    def __post_init__(self):
+        if not self.run_dir:
+            raise ValueError("run_dir is required")
+        if self.sampling not in ("uniform", "lm"):
+            raise ValueError(f"sampling must be uniform or lm, got {self.sampling!r}")
+        if self.sampling == "lm" and not self.lm:
+            raise ValueError("--sampling lm needs --lm MLM_RUN (a masked-LM run: train.py --task mlm)")
+        if self.lm and self.sampling != "lm":
+            raise ValueError("--lm is only used with --sampling lm")
+        if self.refill_temperature < 0:
+            raise ValueError(f"refill_temperature must be >= 0, got {self.refill_temperature}")
+        if self.refill_temperature > 0 and not self.purifier:
+            raise ValueError("--refill-temperature needs --purifier")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.min_keep is not None and self.min_keep < 0:
+            raise ValueError(f"min_keep must be >= 0, got {self.min_keep}")
+        if self.max_len is not None and self.max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {self.max_len}")
+        if self.rho is not None and not 0.0 <= self.rho <= 1.0:
+            raise ValueError(f"rho must be in [0, 1], got {self.rho}")
+        if self.mask_side is not None and self.mask_side not in ("first", "second", "both"):
+            raise ValueError(f"mask_side must be first, second or both, got {self.mask_side!r}")
+
+
+@dataclasses.dataclass
+class CertifyConfig(SmoothedRunConfig):
+    """Certification of a trained run on a dataset split (paper: n0 = 100, n = 5000, alpha = 0.05)."""
+
+    out: str = opt("", "output directory: certify.jsonl (one row per text), summary.json, table.md, plot.png")
     num_examples: int | None = opt(None, "certify a seeded random subset of this many texts (default: all)")
     seed: int = opt(0, "root seed: the subset and every masked copy")
     n0: int = opt(100, "selection copies (choose g's answer)")
@@ -117,37 +164,19 @@ class CertifyConfig:
     n_r: int = opt(200, "perturbation sets per d for --beta mc")
     exact_threshold: int | None = opt(None, "enumerate all keep sets when C(h, k) <= this (default: n, or n0 with "
                                             "--accuracy-only; 0: never)")
-    rho: float | None = opt(None, "masking rate (default: the run's)")
-    min_keep: int | None = opt(None, "floor on kept words (default: the run's)")
-    max_len: int | None = opt(None, "maximum tokens the model reads; copies are cut after masking (default: the "
-                                    "run's)")
-    mask_side: str | None = opt(None, "for pairs: masked side (default: the run's)")
-    batch_size: int | None = opt(None, "masked copies per device step (default: 64 per CPU device, 256 per GPU/TPU; "
-                                       "on a 2-core CPU 64-row steps certified faster than 256, docs/BENCHMARKS.md)")
     texts_per_call: int = opt(16, "texts certified together (their copies share device steps); rows are written "
                                   "after each group, so an interruption loses at most one group")
-    dtype: str = opt("float32", "compute dtype")
     accuracy_only: bool = opt(False, "only g's answer from n0 copies per text (accuracy of g), no certificate")
     predict: str | None = opt(None, "classify raw texts from this file ('-': stdin), one per line "
                                     "(pairs: premise<TAB>hypothesis), instead of certifying a dataset")
     radius: bool = opt(False, "with --predict: also certify g's answer and report its radius")
-    allow_pickle: bool = opt(False, "allow loading a pickled pytorch_model.bin (runs code from the file)")
-    sampling: str = opt("uniform", "keep sets: uniform (certifiable) or lm (masked words drawn by a masked LM's "
-                                   "surprise, --lm; accuracy and --predict only: no certificate)")
-    lm: str | None = opt(None, "with --sampling lm: the masked-LM run (train.py --task mlm)")
-    purifier: str | None = opt(None, "MaskPure: a masked-LM run that refills every mask before classifying "
-                                     "(certifiable with the argmax refill)")
-    refill_temperature: float = opt(0.0, "with --purifier: 0 refills by argmax; > 0 samples at this temperature "
-                                         "(no certificate)")
     coordinator_address: str | None = opt(None, "multi-process runs: HOST:PORT of process 0 (default: "
                                                 "$JAX_COORDINATOR_ADDRESS; unset: one process)")
     num_processes: int | None = opt(None, "multi-process runs: how many processes (default: $JAX_NUM_PROCESSES)")
     process_id: int | None = opt(None, "multi-process runs: this process's index (default: $JAX_PROCESS_ID)")
 
     def __post_init__(self):
-        check_engine_options(self)
-        if not self.run_dir:
-            raise ValueError("run_dir is required")
+        super().__post_init__()
         if not self.out and self.predict is None:
             raise ValueError("out is required (or use --predict)")
         if self.n0 < 1 or self.n < 1:
@@ -158,32 +187,11 @@ class CertifyConfig:
             raise ValueError(f"beta must be pc, one or mc, got {self.beta!r}")
         if self.num_examples is not None and self.num_examples < 1:
             raise ValueError("num_examples must be >= 1")
-        for name in ("batch_size", "n_r", "texts_per_call"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
+        for name in ("n_r", "texts_per_call"):
+            if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("min_keep", "exact_threshold"):
-            if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.max_len is not None and self.max_len < 1:
-            raise ValueError(f"max_len must be >= 1, got {self.max_len}")
-        if self.rho is not None and not 0.0 <= self.rho <= 1.0:
-            raise ValueError(f"rho must be in [0, 1], got {self.rho}")
-        if self.mask_side is not None and self.mask_side not in ("first", "second", "both"):
-            raise ValueError(f"mask_side must be first, second or both, got {self.mask_side!r}")
-
-
-def check_engine_options(cfg) -> None:
-    """The sampling / purifier flags shared by certify.py and the attacks."""
-    if cfg.sampling not in ("uniform", "lm"):
-        raise ValueError(f"sampling must be uniform or lm, got {cfg.sampling!r}")
-    if cfg.sampling == "lm" and not cfg.lm:
-        raise ValueError("--sampling lm needs --lm MLM_RUN (a masked-LM run: train.py --task mlm)")
-    if cfg.lm and cfg.sampling != "lm":
-        raise ValueError("--lm is only used with --sampling lm")
-    if cfg.refill_temperature < 0:
-        raise ValueError(f"refill_temperature must be >= 0, got {cfg.refill_temperature}")
-    if cfg.refill_temperature > 0 and not cfg.purifier:
-        raise ValueError("--refill-temperature needs --purifier")
+        if self.exact_threshold is not None and self.exact_threshold < 0:
+            raise ValueError(f"exact_threshold must be >= 0, got {self.exact_threshold}")
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:

@@ -4,11 +4,6 @@ transformers loads with the same logits, and resume after kill -9."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +11,7 @@ import numpy as np
 import pytest
 
 from ranmask_jax import mlm
-from tests.test_train import ROOT, run_cli, tiny_setup, trained_run  # noqa: F401
+from tests.test_train import kill_after_checkpoint, run_cli, tiny_setup, trained_run  # noqa: F401
 
 
 def test_selection_skips_specials_and_takes_whole_words():
@@ -103,16 +98,7 @@ def test_mlm_run_resumes_after_kill(tiny_setup, mlm_run):  # noqa: F811
     from safetensors.numpy import load_file
 
     out = tiny_setup["dir"] / "mlm_b"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *mlm_args(tiny_setup, out)],
-                            env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    ckpt = out / "checkpoints" / "4"
-    deadline = time.time() + 300
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert ckpt.exists(), "no checkpoint appeared before the kill"
+    kill_after_checkpoint(mlm_args(tiny_setup, out), out)
     res = run_cli("train.py", mlm_args(tiny_setup, out))
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"resumed {out} from step" in res.stderr

@@ -103,18 +103,22 @@ def test_run_directory_contents(trained_run):
     assert meta["rho"] == 0.3 and meta["label_names"] == ["neg", "pos"]
 
 
-def test_kill_and_resume_reproduces_uninterrupted_run(tiny_setup, trained_run):
-    out = tiny_setup["dir"] / "run_b"
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *train_args(tiny_setup, out)], env=env,
+def kill_after_checkpoint(args: list[str], out: Path, step: int = 4) -> None:
+    """Start ``train.py args`` and kill -9 it as soon as the checkpoint of ``step`` exists."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], env=dict(os.environ, JAX_PLATFORMS="cpu"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = out / "checkpoints" / "4"
+    ckpt = out / "checkpoints" / str(step)
     deadline = time.time() + 300
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert ckpt.exists(), "no checkpoint appeared before the kill"
+
+
+def test_kill_and_resume_reproduces_uninterrupted_run(tiny_setup, trained_run):
+    out = tiny_setup["dir"] / "run_b"
+    kill_after_checkpoint(train_args(tiny_setup, out), out)
     steps_done = max(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
     assert steps_done < 16, "the run finished before it could be killed"
     res = run_cli("train.py", train_args(tiny_setup, out))
