@@ -303,3 +303,33 @@ def test_bert_attack_candidates_and_word_budget(bert_tokenizer):
     original = AttackText.from_string(" ".join(WORDS[:10]))
     out = greedy_wir(original, 1, Queries(stubborn_scorer), recipe, np.random.default_rng(0))
     assert out.status == "failed" and 1 <= out.text.words_changed(original) <= 4  # at most 40% of 10 words
+
+
+def test_textattack_adapter_wraps_any_scorer(monkeypatch, bert_tokenizer):
+    """The adapter subclasses TextAttack's ModelWrapper (a stand-in module here: TextAttack is optional) and returns
+    the scorer's scores; without TextAttack it says how to get it."""
+    import sys
+    import types
+    from abc import ABC, abstractmethod
+
+    from attacks import textattack_adapter
+
+    monkeypatch.setitem(sys.modules, "textattack", None)
+    with pytest.raises(ImportError, match="pip install textattack"):
+        textattack_adapter.make_wrapper(keyword_scorer("alpha"))
+
+    class ModelWrapper(ABC):
+        @abstractmethod
+        def __call__(self, text_input_list, **kwargs): ...
+
+    fake = types.ModuleType("textattack")
+    wrappers = types.ModuleType("textattack.models.wrappers")
+    wrappers.ModelWrapper = ModelWrapper
+    monkeypatch.setitem(sys.modules, "textattack", fake)
+    monkeypatch.setitem(sys.modules, "textattack.models", types.ModuleType("textattack.models"))
+    monkeypatch.setitem(sys.modules, "textattack.models.wrappers", wrappers)
+    w = textattack_adapter.make_wrapper(keyword_scorer("alpha"), bert_tokenizer)
+    assert isinstance(w, ModelWrapper)
+    out = w(["alpha bravo", "bravo"])
+    assert out.shape == (2, 2) and out[0].argmax() == 1 and out[1].argmax() == 0
+    assert w._tokenize(["alpha bravo"])[0][0] == "[CLS]"  # what TextAttack's tokenize() calls
