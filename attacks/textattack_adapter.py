@@ -24,7 +24,7 @@ def _base_class():
     return ModelWrapper
 
 
-def make_wrapper(scorer, tokenizer=None):
+def make_wrapper(scorer, tokenizer):
     """A TextAttack ModelWrapper around any ``list[str] -> np.ndarray[len, C]`` scorer (``attacks.harness``)."""
     base = _base_class()
 
@@ -38,8 +38,6 @@ def make_wrapper(scorer, tokenizer=None):
             return np.asarray(scorer(texts), np.float64)
 
         def _tokenize(self, inputs):
-            if self.tokenizer is None:
-                raise NotImplementedError("no tokenizer given")
             return [self.tokenizer.convert_ids_to_tokens(self.tokenizer(x)["input_ids"]) for x in inputs]
 
     return RanmaskWrapper()

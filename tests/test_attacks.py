@@ -316,7 +316,7 @@ def test_textattack_adapter_wraps_any_scorer(monkeypatch, bert_tokenizer):
 
     monkeypatch.setitem(sys.modules, "textattack", None)
     with pytest.raises(ImportError, match="pip install textattack"):
-        textattack_adapter.make_wrapper(keyword_scorer("alpha"))
+        textattack_adapter.make_wrapper(keyword_scorer("alpha"), bert_tokenizer)
 
     class ModelWrapper(ABC):
         @abstractmethod
