@@ -115,10 +115,10 @@ def attack_dataset(cfg: AttackConfig) -> dict:
                                    "data_fingerprint": fingerprint_rows(selected)})
         kw = {}
         if cfg.recipe == "bert-attack":
-            from ranmask_jax.certify import _load_mlm
+            from ranmask_jax.certify import load_mlm
 
-            model, tok, _ = _load_mlm(cfg.attack_mlm, cfg) if cfg.attack_mlm else (None, None, None)
-            kw = {"mlm": None if model is None else (model, tok), "max_len": settings["max_len"]}
+            model, tok, _ = load_mlm(cfg.attack_mlm, cfg)
+            kw = {"mlm": (model, tok), "max_len": settings["max_len"]}
         recipe = RECIPES[cfg.recipe](unk_token=sc.tokenizer.unk_token, **kw)
         done = {r["index"] for r in rowfile.rows}
         todo = [int(i) for i in indices if int(i) not in done]

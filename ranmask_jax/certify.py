@@ -74,7 +74,7 @@ def no_certificate(cfg) -> str:
             "use --accuracy-only or --predict (empirical only)")
 
 
-def _load_mlm(run: str, cfg) -> tuple:
+def load_mlm(run: str, cfg) -> tuple:
     """A masked-LM run (``train.py --task mlm``) or model directory: ``(model, tokenizer, weight files)``."""
     mlm_dir, meta = resolve(run)
     if meta and meta.get("task") != "mlm":
@@ -89,14 +89,14 @@ def _sampling_and_purifier(cfg: SmoothedRunConfig, tok, settings: dict) -> tuple
     if cfg.sampling == "lm":
         from ranmask_jax.lm_sampling import LMKeepSets, mlm_word_scores
 
-        lm, lm_tok, f = _load_mlm(cfg.lm, cfg)
+        lm, lm_tok, f = load_mlm(cfg.lm, cfg)
         extra["keep_sets"] = LMKeepSets(settings["rho"], mlm_word_scores(lm, lm_tok, settings["max_len"]),
                                         settings["min_keep"])
         files += f
     if cfg.purifier:
         from ranmask_jax.purify import mlm_refill
 
-        mlm, mlm_tok, f = _load_mlm(cfg.purifier, cfg)
+        mlm, mlm_tok, f = load_mlm(cfg.purifier, cfg)
         extra["transform"], extra["transform_params"] = mlm_refill(mlm, mlm_tok, tok, cfg.refill_temperature)
         files += f
     return extra, files
