@@ -1,22 +1,35 @@
 #!/usr/bin/env bash
 # The attack runs behind docs/RESULTS.md (the paper's Tables 4-5 shape): the same seeded examples in every cell.
 #   bash experiments/attack_tables.sh DATA_DIR RUNS_DIR CELL ...
-# A cell is DATASET:RUN:RECIPE:ENSEMBLE[:NUM], e.g. ag_news:agnews-rho0:deepwordbug:none or
-# ag_news:agnews-rho0.9:deepwordbug:vote:100. Rows go to RUNS_DIR/RUN/attack-RECIPE-ENSEMBLE/ and, with the
-# summary, are copied to docs/runs/RUN/ as they are written. Every cell resumes when rerun.
+# A cell is DATASET:RUN:RECIPE:DEFENSE[:NUM], e.g. ag_news:agnews-rho0:deepwordbug:none or
+# ag_news:agnews-rho0.9:deepwordbug:vote:100. DEFENSE: none (the plain model), vote / logit (RanMASK, 100 copies
+# per query), lm-vote / lm-logit (RanMASK with LM-based sampling), maskpure-MODE (MODE: prob, majority, onehot,
+# vote, logit; MaskPure: 30% of words masked and refilled by the masked LM, 11 voters). The masked-LM run of a
+# dataset (LM sampling, MaskPure, bert-attack's candidates) is RUNS_DIR/agnews-mlm or RUNS_DIR/sst2-mlm unless
+# MLM_RUN names another. Rows go to RUNS_DIR/RUN/attack-RECIPE-DEFENSE/ and, with the summary, are copied to
+# docs/runs/RUN/ when the cell ends. Every cell resumes when rerun. ATTACK_ARGS: extra flags for every cell.
 set -euo pipefail
 DATA_DIR="$1"; RUNS="$2"; shift 2
 cd "$(dirname "$0")/.."
 export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$RUNS/.jax-cache}"
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-0}"
 for cell in "$@"; do
-    IFS=: read -r ds run recipe ensemble num <<< "$cell"
-    out="$RUNS/$run/attack-$recipe-$ensemble"
-    dest="${PUBLISH_DIR:-docs/runs}/$run/attack-$recipe-$ensemble"
+    IFS=: read -r ds run recipe defense num <<< "$cell"
+    mlm="$RUNS/${MLM_RUN:-${ds//_/}-mlm}"
+    case "$defense" in
+        none|vote|logit) flags=(--ensemble "$defense" --n 100) ;;
+        lm-*) flags=(--ensemble "${defense#lm-}" --n 100 --sampling lm --lm "$mlm") ;;
+        maskpure-*) flags=(--ensemble "${defense#maskpure-}" --n 11 --rho 0.3 --purifier "$mlm") ;;
+        *) echo "unknown defense $defense in $cell" >&2; exit 2 ;;
+    esac
+    [ "$recipe" != bert-attack ] || flags+=(--attack-mlm "$mlm")
+    out="$RUNS/$run/attack-$recipe-$defense"
+    dest="${PUBLISH_DIR:-docs/runs}/$run/attack-$recipe-$defense"
     mkdir -p "$dest"
+    status=
     python -m attacks --run-dir "$RUNS/$run" --data-dir "$DATA_DIR" --dataset "$ds" --split test \
-        --recipe "$recipe" --ensemble "$ensemble" --n 100 --num-examples "${num:-100}" --seed 0 --out "$out" \
+        --recipe "$recipe" --num-examples "${num:-100}" --seed 0 --out "$out" "${flags[@]}" \
         ${ATTACK_ARGS:-} || status=$?
     for f in attack.jsonl attack_config.json summary.json table.md; do [ -f "$out/$f" ] && cp "$out/$f" "$dest/"; done
-    [ -z "${status:-}" ] || exit "$status"
+    [ -z "$status" ] || exit "$status"
 done
