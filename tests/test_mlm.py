@@ -54,6 +54,18 @@ def test_loss_is_the_cross_entropy_of_the_selected_tokens():
     assert counts[:, 0].tolist() == [2, 1] and counts[:, 1].sum() == sum(top1) and (counts[:, 2] >= counts[:, 1]).all()
 
 
+def test_recovery_counts_match_a_sort():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(4, 9, 12)).astype(np.float32)
+    labels = rng.integers(0, 12, size=(4, 9))
+    sel = rng.random((4, 9)) < 0.6
+    counts = np.asarray(mlm.recovery_counts(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(sel)))
+    order = np.argsort(-logits, axis=-1)
+    for b in range(4):
+        rank = [int(np.flatnonzero(order[b, t] == labels[b, t])[0]) for t in range(9) if sel[b, t]]
+        assert counts[b].tolist() == [len(rank), sum(r < 1 for r in rank), sum(r < 5 for r in rank)]
+
+
 MLM_RUN = ["--task", "mlm", "--batch-size", "8", "--epochs", "2", "--max-len", "32", "--checkpoint-every", "4",
            "--log-every", "2", "--lr", "1e-3", "--whole-word-mask"]
 
