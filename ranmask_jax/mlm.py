@@ -94,6 +94,23 @@ def corrupt(key: jax.Array, input_ids: jax.Array, selected: jax.Array, mask_id: 
     return jnp.where(selected & (u >= mask_frac) & (u < mask_frac + random_frac), rand, out)
 
 
+def decode_cap(shape: tuple[int, int], probability: float) -> int:
+    """How many selected tokens of a ``[B, T]`` batch are decoded in a training step: the expected share plus a wide
+    margin (a selection beyond it is cut, counted in the step's ``dropped_tokens`` metric, and in practice never
+    happens: the cap is 1.5x the mean plus 64 even when every position holds a token)."""
+    total = shape[0] * shape[1]
+    return min(total, int(np.ceil(1.5 * probability * total)) + 64)
+
+
+def gather_selected(selected: jax.Array, cap: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(positions [cap], valid [cap], dropped)``: flat indices of the first ``cap`` selected tokens (padding
+    slots point at token 0 and are not valid) and how many selected tokens did not fit."""
+    flat = selected.reshape(-1)
+    positions = jnp.nonzero(flat, size=cap, fill_value=0)[0]
+    count = flat.sum()
+    return positions, jnp.arange(cap) < count, jnp.maximum(count - cap, 0)
+
+
 def mlm_loss(logits: jax.Array, labels: jax.Array, selected: jax.Array) -> tuple[jax.Array, dict]:
     """Mean cross-entropy over the selected tokens, with their top-1 accuracy."""
     import optax

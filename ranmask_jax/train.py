@@ -248,14 +248,17 @@ class Trainer:
         model = nnx.merge(self.graphdef, params, rest)
         nnx.reseed(model, dropout=k_drop)
 
-        def loss_fn(m):
-            logits = m(ids, batch["attention_mask"], batch["token_type_ids"])  # [B, T, V]
-            return mlm.mlm_loss(logits, labels, selected)
+        positions, valid, dropped = mlm.gather_selected(selected, mlm.decode_cap(ids.shape,
+                                                                                 self.cfg.mlm_probability))
+
+        def loss_fn(m):  # only the selected tokens go through the decoder over the vocabulary
+            logits = m(ids, batch["attention_mask"], batch["token_type_ids"], positions=positions)  # [cap, V]
+            return mlm.mlm_loss(logits, labels.reshape(-1)[positions], valid)
 
         (loss, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
         updates, opt_state = self.tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": loss, **aux, "grad_norm": optax.tree.norm(grads)}
+        return params, opt_state, {"loss": loss, **aux, "dropped_tokens": dropped, "grad_norm": optax.tree.norm(grads)}
 
     def _mlm_recovery(self, params, rest, batch, key):
         from ranmask_jax import mlm

@@ -66,6 +66,34 @@ def test_recovery_counts_match_a_sort():
         assert counts[b].tolist() == [len(rank), sum(r < 1 for r in rank), sum(r < 5 for r in rank)]
 
 
+def test_training_decodes_only_the_selected_tokens_with_the_same_loss():
+    from flax import nnx
+
+    from ranmask_jax.models.bert import build_model, tiny
+
+    model = build_model(tiny(), "mlm", rngs=nnx.Rngs(0))
+    model.eval()
+    rng = np.random.default_rng(2)
+    ids = jnp.asarray(rng.integers(5, 128, size=(3, 16)), jnp.int32)
+    attn = jnp.asarray(np.arange(16)[None, :] < np.array([[16], [11], [5]]), jnp.int32)
+    types = jnp.zeros_like(ids)
+    word_ids = jnp.where(attn > 0, jnp.arange(16)[None, :], -1)
+    selected = mlm.select(jax.random.key(3), word_ids, attn, 0.3, False)
+    full = model(ids, attn, types)
+    want, _ = mlm.mlm_loss(full, ids, selected)
+    cap = mlm.decode_cap(ids.shape, 0.3)
+    pos, valid, dropped = mlm.gather_selected(selected, cap)
+    part = model(ids, attn, types, positions=pos)
+    assert part.shape == (cap, 128) and int(dropped) == 0 and int(valid.sum()) == int(selected.sum())
+    np.testing.assert_allclose(np.asarray(part)[np.asarray(valid)],
+                               np.asarray(full).reshape(-1, 128)[np.flatnonzero(np.asarray(selected))], atol=1e-5)
+    got, _ = mlm.mlm_loss(part, ids.reshape(-1)[pos], valid)
+    assert float(got) == pytest.approx(float(want), rel=1e-5)
+    # a selection beyond the cap is cut and counted
+    pos, valid, dropped = mlm.gather_selected(jnp.ones((3, 16), bool), 20)
+    assert int(dropped) == 28 and bool(valid.all()) and np.asarray(pos).tolist() == list(range(20))
+
+
 MLM_RUN = ["--task", "mlm", "--batch-size", "8", "--epochs", "2", "--max-len", "32", "--checkpoint-every", "4",
            "--log-every", "2", "--lr", "1e-3", "--whole-word-mask"]
 

@@ -328,7 +328,9 @@ class SequenceClassifier(nnx.Module):
 class MaskedLM(nnx.Module):
     """Encoder + MLM head (dense, activation, LayerNorm, decoder tied to the word embeddings, bias).
 
-    ``__call__`` returns vocabulary logits ``[B, T, V]`` in float32.
+    ``__call__`` returns vocabulary logits ``[B, T, V]`` in float32; with ``positions`` (int ``[P]``, indices into
+    the flattened ``B * T`` tokens) only those tokens are decoded: ``[P, V]`` (training decodes just the selected
+    tokens; the decoder over the vocabulary is about half of the model's work for MiniLM-L6).
     """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
@@ -340,8 +342,11 @@ class MaskedLM(nnx.Module):
         self.act = _ACTIVATIONS[cfg.hidden_act]
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
-                 token_type_ids: jax.Array | None = None) -> jax.Array:
-        h = self.LayerNorm(self.act(self.transform(self.encoder(input_ids, attention_mask, token_type_ids))))
+                 token_type_ids: jax.Array | None = None, positions: jax.Array | None = None) -> jax.Array:
+        h = self.encoder(input_ids, attention_mask, token_type_ids)
+        if positions is not None:
+            h = h.reshape(-1, h.shape[-1])[positions]
+        h = self.LayerNorm(self.act(self.transform(h)))
         logits = self.encoder.embeddings.word_embeddings.attend(h)  # [B, T, V]
         return logits.astype(jnp.float32) + self.bias[...]
 
