@@ -164,11 +164,12 @@ def certify_dataset(cfg: CertifyConfig) -> dict:
         thr = (cfg.n0 if cfg.accuracy_only else cfg.n) if cfg.exact_threshold is None else cfg.exact_threshold
         bar = tqdm(total=len(todo), desc="certify", unit="text", disable=None, dynamic_ncols=True)
         beat, t_start = Heartbeat(log, bar), time.perf_counter()
-        n_correct = sum(bool(r["correct"]) for r in rows)  # kept up to date below: the log line costs O(1) a text
+        # this process's rows and all earlier ones, kept up to date below: the log line costs O(1) a text
+        n_scored, n_correct = len(rows), sum(bool(r["correct"]) for r in rows)
         step = cfg.texts_per_call
         for j in range(0, len(todo), step):
             beat("%d/%d texts, accuracy of g so far %.1f%%, %.2f s a text", len(done) + j * world, len(indices),
-                 100 * n_correct / max(len(rows), 1), (time.perf_counter() - t_start) / max(j, 1))
+                 100 * n_correct / max(n_scored, 1), (time.perf_counter() - t_start) / max(j, 1))
             group = todo[j:j + step]
             exs = [ds.examples[i] for i in group]
             keys = [jax.random.fold_in(root, i) for i in group]
@@ -193,7 +194,7 @@ def certify_dataset(cfg: CertifyConfig) -> dict:
             seconds = round((time.perf_counter() - t0) / len(group), 4)  # each text's share of its group's time
             for row in new:
                 rowfile.append({**row, "seconds": seconds})
-                n_correct += bool(row["correct"])
+                n_scored, n_correct = n_scored + 1, n_correct + bool(row["correct"])
             bar.update(len(group))
         bar.close()
     distributed.barrier("certify: every process has written its rows")

@@ -60,6 +60,38 @@ def test_resume_after_crash_mid_row(certified, trained_run, tiny_setup, tmp_path
     assert [strip(r) for r in again] == [strip(r) for r in ref]
 
 
+def test_progress_line_counts_resumed_and_new_rows(certified, trained_run, tiny_setup, tmp_path, caplog,  # noqa: F811
+                                                   monkeypatch):
+    """The log line of a run without a terminal says how many texts are done and the accuracy of g over every row
+    so far (resumed rows and this run's), a true percentage after each group."""
+    import logging
+    import re
+
+    import ranmask_jax.certify as certify_mod
+    from ranmask_jax.config import CertifyConfig
+    from ranmask_jax.progress import Heartbeat
+
+    out, _ = certified
+    full = [json.loads(x) for x in (out / "certify.jsonl").read_text().splitlines()]
+    part = tmp_path / "part"
+    part.mkdir()
+    (part / "certify_config.json").write_text((out / "certify_config.json").read_text().replace(str(out), str(part)))
+    (part / "certify.jsonl").write_text("".join(json.dumps(r) + "\n" for r in full[:2]))
+    monkeypatch.setattr(certify_mod, "Heartbeat", lambda logger, bar: Heartbeat(logger, bar, every=0.0))
+    cfg = CertifyConfig(run_dir=str(trained_run), dataset=tiny_setup["dev"], split="dev", out=str(part), n0=10,
+                        n=40, batch_size=16, num_examples=6, seed=1, texts_per_call=2)
+    with caplog.at_level(logging.INFO, logger="ranmask_jax"):
+        certify_mod.certify_dataset(cfg)
+    lines = [m.groups() for r in caplog.records
+             if (m := re.match(r"(\d+)/6 texts, accuracy of g so far ([\d.]+)%", r.getMessage()))]
+    assert [int(d) for d, _ in lines] == [2, 4]  # before each of this run's two groups
+    by_index = {r["index"]: r for r in full}
+    order = [json.loads(x)["index"] for x in (part / "certify.jsonl").read_text().splitlines()]
+    for done, pct in lines:
+        correct = sum(by_index[i]["correct"] for i in order[:int(done)])
+        assert float(pct) == pytest.approx(round(100 * correct / int(done), 1))
+
+
 def test_changed_certify_config_refused(certified, trained_run, tiny_setup):  # noqa: F811
     out, _ = certified
     res = run_cli("certify.py", certify_args(trained_run, tiny_setup, out, "--alpha", "0.01"))
