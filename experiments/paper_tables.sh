@@ -3,11 +3,15 @@
 #   bash experiments/paper_tables.sh DATA_DIR RUNS_DIR [STAGE ...]
 # Stages: sst2-<rho> (train + certify 200 test sentences + accuracy of g on the full test split), sst2-base,
 # agnews-base (rho = 0, for the attack tables), agnews-<rho> (accuracy of g on 1,000 seeded test texts: the full
-# 7,600 take about an hour of a 2-core CPU), imdb-<rho> (max_len 256, 100 test reviews). Every
+# 7,600 take about an hour of a 2-core CPU), imdb-<rho> (max_len 256, 100 test reviews), sst2-mlm / agnews-mlm /
+# imdb-mlm (the dataset's masked LM, train.py --task mlm, with example fills in docs/runs/<run>/fills.md). Every
 # step resumes when rerun. Each run's configs, metrics, per-text rows and summaries (not the weights) are copied
 # to docs/runs/<run> as they are written.
-# Environment: MODEL (starting weights, default minilm-l6), CERTIFY_ARGS (extra flags for every certify.py call,
-# e.g. "--batch-size 1024" on a GPU).
+# Environment: MODEL (starting weights, default minilm-l6), IMDB_MODEL (starting weights of the imdb stages only,
+# e.g. runs/sst2-rho0.7/model: a sentiment model already trained on masked text), IMDB_TRAIN_ARGS / MLM_TRAIN_ARGS
+# (extra train.py flags of the imdb / masked-LM stages, e.g. "--max-steps 150"), TRAIN_ONLY=1 (train, then skip
+# certification and accuracy), CERTIFY_ARGS (extra flags for every certify.py call, e.g. "--batch-size 1024" on a
+# GPU).
 set -euo pipefail
 DATA_DIR="$1"; RUNS="$2"; shift 2
 cd "$(dirname "$0")/.."
@@ -49,6 +53,7 @@ stage() {  # run_name dataset train-flags... : train, then certify 200 test text
     local run="$RUNS/$1" ds="$2"; shift 2
     python train.py --model "$MODEL" --out-dir "$run" --data-dir "$DATA_DIR" --dataset "$ds" "$@"
     publish "$run"
+    [ -z "${TRAIN_ONLY:-}" ] || return 0
     certify "$run" "$ds" ${CERTIFY_STAGE_ARGS:-}
     publish "$run"
     if [ -z "${SKIP_ACCURACY:-}" ]; then accuracy "$run" "$ds" ${ACCURACY_STAGE_ARGS:-}; publish "$run"; fi
@@ -65,6 +70,18 @@ for stage in "$@"; do
             python train.py --model "$MODEL" --out-dir "$RUNS/agnews-rho0" --data-dir "$DATA_DIR" --dataset ag_news \
                 --rho 0 --epochs 2 --max-len 128 --group-by-length 50 --eval-n 1 --checkpoint-every 100
             publish "$RUNS/agnews-rho0" ;;
+        sst2-mlm|agnews-mlm|imdb-mlm)  # the dataset's masked LM (MaskPure's refill, LM-based sampling, BERT-Attack)
+            ds="${stage%-mlm}"; [ "$ds" != agnews ] || ds=ag_news
+            case "$ds" in
+                sst2) flags=(--epochs 3 --max-len 64) ;;
+                ag_news) flags=(--epochs 2 --max-len 128 --group-by-length 50) ;;
+                imdb) flags=(--epochs 1 --max-len 256 --group-by-length 50 --max-steps "${IMDB_MLM_STEPS:-150}") ;;
+            esac
+            python train.py --model "$MODEL" --task mlm --out-dir "$RUNS/$stage" --data-dir "$DATA_DIR" --dataset "$ds" \
+                --lr 1e-4 --warmup-steps 50 --checkpoint-every 100 "${flags[@]}" ${MLM_TRAIN_ARGS:-}
+            publish "$RUNS/$stage"
+            python experiments/mlm_fills.py "$RUNS/$stage" --data-dir "$DATA_DIR" --dataset "$ds" --texts 6 \
+                > "${PUBLISH_DIR:-docs/runs}/$stage/fills.md" ;;
         sst2-*)
             rho="${stage#sst2-}"
             stage "sst2-rho$rho" sst2 --rho "$rho" --epochs 3 --max-len 64 --eval-n 16 --checkpoint-every 100 ;;
@@ -74,7 +91,7 @@ for stage in "$@"; do
                 --max-len 128 --group-by-length 50 --eval-n 16 --checkpoint-every 100 ;;
         imdb-*)  # 100 test reviews, certified whole (h counts every word); the copies are cut to 256 tokens
             rho="${stage#imdb-}"
-            CERTIFY_STAGE_ARGS="--num-examples 100" SKIP_ACCURACY=1 stage "imdb-rho$rho" imdb --rho "$rho" --epochs 1 \
+            MODEL="${IMDB_MODEL:-$MODEL}" CERTIFY_STAGE_ARGS="--num-examples 100" SKIP_ACCURACY=1 stage "imdb-rho$rho" imdb --rho "$rho" --epochs 1 \
                 --max-len 256 --group-by-length 50 --eval-n 16 --eval-examples 100 --checkpoint-every 50 \
                 ${IMDB_TRAIN_ARGS:-} ;;
         *) echo "unknown stage $stage" >&2; exit 2 ;;
