@@ -71,14 +71,13 @@ for stage in "$@"; do
                 --rho 0 --epochs 2 --max-len 128 --group-by-length 50 --eval-n 1 --checkpoint-every 100
             publish "$RUNS/agnews-rho0" ;;
         sst2-mlm|agnews-mlm|imdb-mlm)  # the dataset's masked LM (MaskPure's refill, LM-based sampling, BERT-Attack)
-            ds="${stage%-mlm}"; [ "$ds" != agnews ] || ds=ag_news
-            case "$ds" in
-                sst2) flags=(--epochs 3 --max-len 64) ;;
-                ag_news) flags=(--epochs 2 --max-len 128 --group-by-length 50) ;;
-                imdb) flags=(--epochs 1 --max-len 256 --group-by-length 50 --max-steps "${IMDB_MLM_STEPS:-150}") ;;
+            case "$stage" in
+                sst2-mlm) ds=sst2; flags=(--epochs 3 --max-len 64) ;;
+                agnews-mlm) ds=ag_news; flags=(--epochs 2 --max-len 128 --group-by-length 50) ;;
+                imdb-mlm) ds=imdb; flags=(--epochs 1 --max-len 256 --group-by-length 50 --max-steps 150) ;;
             esac
-            python train.py --model "$MODEL" --task mlm --out-dir "$RUNS/$stage" --data-dir "$DATA_DIR" --dataset "$ds" \
-                --lr 1e-4 --warmup-steps 50 --checkpoint-every 100 "${flags[@]}" ${MLM_TRAIN_ARGS:-}
+            python train.py --model "$MODEL" --task mlm --out-dir "$RUNS/$stage" --data-dir "$DATA_DIR" \
+                --dataset "$ds" --lr 1e-4 --warmup-steps 50 --checkpoint-every 100 "${flags[@]}" ${MLM_TRAIN_ARGS:-}
             publish "$RUNS/$stage"
             python experiments/mlm_fills.py "$RUNS/$stage" --data-dir "$DATA_DIR" --dataset "$ds" --texts 6 \
                 > "${PUBLISH_DIR:-docs/runs}/$stage/fills.md" ;;
@@ -91,9 +90,9 @@ for stage in "$@"; do
                 --max-len 128 --group-by-length 50 --eval-n 16 --checkpoint-every 100 ;;
         imdb-*)  # 100 test reviews, certified whole (h counts every word); the copies are cut to 256 tokens
             rho="${stage#imdb-}"
-            MODEL="${IMDB_MODEL:-$MODEL}" CERTIFY_STAGE_ARGS="--num-examples 100" SKIP_ACCURACY=1 stage "imdb-rho$rho" imdb --rho "$rho" --epochs 1 \
-                --max-len 256 --group-by-length 50 --eval-n 16 --eval-examples 100 --checkpoint-every 50 \
-                ${IMDB_TRAIN_ARGS:-} ;;
+            MODEL="${IMDB_MODEL:-$MODEL}" CERTIFY_STAGE_ARGS="--num-examples 100" SKIP_ACCURACY=1 \
+                stage "imdb-rho$rho" imdb --rho "$rho" --epochs 1 --max-len 256 --group-by-length 50 --eval-n 16 \
+                --eval-examples 100 --checkpoint-every 50 ${IMDB_TRAIN_ARGS:-} ;;
         *) echo "unknown stage $stage" >&2; exit 2 ;;
     esac
 done
