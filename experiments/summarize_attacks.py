@@ -35,7 +35,7 @@ def load(cell: Path) -> dict:
 def table(cells: list[dict]) -> str:
     lines = ["| defense | attack | examples | Cln % | Boa % | Boa % (recheck) | Succ % | queries | perturbed % | "
              "s / attacked example | wall |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for c in sorted(cells, key=lambda c: (c["recipe"], c["defense"])):
+    for c in sorted(cells, key=lambda c: (c["recipe"], c["defense"] != "plain model", c["defense"])):
         done = f"{c['n']}" + (f" of {c['wanted']}" if c["wanted"] and c["n"] < c["wanted"] else "")
         q = "-" if c["avg_queries"] is None else f"{c['avg_queries']:.0f}"
         sec = "-" if c["seconds_per_attacked_example"] is None else f"{c['seconds_per_attacked_example']:.1f}"
