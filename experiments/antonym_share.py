@@ -26,8 +26,8 @@ def main(argv=None) -> None:
     words = [w for w in words if w in neighbours.row]
     lost, removed, total = [], 0, 0
     for w in words:
-        cands = neighbours.lookup(w, a.k, a.min_cos)
-        bad = [c for c in cands if c in wordnet.antonyms(w)]
+        cands, antonyms = neighbours.lookup(w, a.k, a.min_cos), wordnet.antonyms(w)
+        bad = [c for c in cands if c in antonyms]
         total, removed = total + len(cands), removed + len(bad)
         if bad:
             lost.append(f"{w} -> {', '.join(bad)}")

@@ -1,6 +1,6 @@
 """The attack tables of docs/RESULTS.md (the paper's Tables 4-5 shape) from attack output directories.
 
-    python experiments/summarize_attacks.py --title "AG News" --plot docs/figures/agnews-attacks \
+    python experiments/summarize_attacks.py --title "AG News" --plot docs/figures/agnews-attacks.png \
         docs/runs/agnews-rho0/attack-deepwordbug-none docs/runs/agnews-rho0.9/attack-deepwordbug-vote ...
 
 One line per (defense, recipe): examples, Cln / Boa / Boa by a fresh recheck / Succ, average queries, perturbed-word
@@ -78,8 +78,8 @@ def plot(cells: list[dict], path: Path, title: str) -> None:
     ax.set_title(title)
     ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
-    for ext in (".png", ".pdf"):
-        fig.savefig(str(path) + ext, dpi=200)
+    for ext in (".png", ".pdf"):  # PATH.png (or PATH) -> PATH.png and PATH.pdf
+        fig.savefig(path.with_suffix(ext) if path.suffix in (".png", ".pdf") else str(path) + ext, dpi=200)
     plt.close(fig)
 
 
