@@ -77,7 +77,7 @@ for stage in "$@"; do
                 imdb-mlm) ds=imdb; flags=(--epochs 1 --max-len 256 --group-by-length 50 --max-steps 150) ;;
             esac
             python train.py --model "$MODEL" --task mlm --out-dir "$RUNS/$stage" --data-dir "$DATA_DIR" \
-                --dataset "$ds" --lr 1e-4 --warmup-steps 50 --checkpoint-every 100 "${flags[@]}" ${MLM_TRAIN_ARGS:-}
+                --dataset "$ds" --lr 3e-4 --warmup-steps 50 --checkpoint-every 100 "${flags[@]}" ${MLM_TRAIN_ARGS:-}
             publish "$RUNS/$stage"
             python experiments/mlm_fills.py "$RUNS/$stage" --data-dir "$DATA_DIR" --dataset "$ds" --texts 6 \
                 > "${PUBLISH_DIR:-docs/runs}/$stage/fills.md" ;;
