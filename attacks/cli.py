@@ -11,7 +11,7 @@ def main(argv: list[str] | None = None) -> int:
     from ranmask_jax.cli import _parse, _run, _setup_logging
 
     cfg = _parse(AttackConfig, argv, "python -m attacks",
-                 "Attack a trained model, plain or smoothed, with DeepWordBug or TextFooler.")
+                 "Attack a trained model, plain or smoothed, with DeepWordBug, TextFooler or BERT-Attack.")
     _setup_logging()
     from pathlib import Path
 

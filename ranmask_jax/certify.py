@@ -97,7 +97,8 @@ def _sampling_and_purifier(cfg: SmoothedRunConfig, tok, settings: dict) -> tuple
         from ranmask_jax.purify import mlm_refill
 
         mlm, mlm_tok, f = load_mlm(cfg.purifier, cfg)
-        extra["transform"], extra["transform_params"] = mlm_refill(mlm, mlm_tok, tok, cfg.refill_temperature)
+        extra["transform"], extra["transform_params"] = mlm_refill(mlm, mlm_tok, tok, cfg.refill_temperature,
+                                                                   mask_share=settings["rho"])
         files += f
     return extra, files
 

@@ -39,6 +39,35 @@ def test_refill_replaces_every_mask_and_nothing_else(bert_tokenizer, refill):
     assert fn.deterministic
 
 
+def test_refill_decoding_only_the_masks_gives_the_dense_fills(bert_tokenizer):
+    """``mask_share``: the masks alone go through the vocabulary decoder, up to a cap; a batch over the cap falls
+    back to decoding every position. Both give the fills of the dense refill, padding and non-masks untouched."""
+    mlm = build_model(tiny(vocab_size=len(bert_tokenizer), max_position_embeddings=128), "mlm", rngs=nnx.Rngs(3))
+    dense, params = mlm_refill(mlm, bert_tokenizer, bert_tokenizer)
+    sparse, _ = mlm_refill(mlm, bert_tokenizer, bert_tokenizer, mask_share=0.3)
+    mask = bert_tokenizer.mask_token_id
+    rng = np.random.default_rng(0)
+    R, T = 24, 40
+    ids = rng.integers(1000, 20000, (R, T))
+    lengths = rng.integers(5, T + 1, R)
+    attn = (np.arange(T) < lengths[:, None]).astype(np.int32)
+    ids[:, 0] = 101
+    ids[np.arange(R), lengths - 1] = 102
+    ids[attn == 0] = 0
+    for share in (0.1, 0.9):  # under the cap (0.3 of 960 slots + 32), then over it (the dense fallback)
+        m = (rng.random((R, T)) < share) & (attn > 0) & (ids != 101) & (ids != 102)
+        m[:, -1] |= attn[:, -1] == 0  # a mask token in padding is not a mask
+        x = jnp.asarray(np.where(m, mask, ids))
+        a, t = jnp.asarray(attn), jnp.zeros_like(x)
+        want, _, _ = jax.jit(dense)(params, jax.random.key(0), x, a, t)
+        got, _, _ = jax.jit(sparse)(params, jax.random.key(0), x, a, t)
+        assert np.array_equal(np.asarray(got), np.asarray(want)), share
+        assert (np.asarray(got)[np.asarray(x) != mask] == np.asarray(x)[np.asarray(x) != mask]).all()
+        assert (np.asarray(got)[m & (attn > 0)] != mask).all()
+    with pytest.raises(RefillError, match="mask_share"):
+        mlm_refill(mlm, bert_tokenizer, bert_tokenizer, mask_share=0)
+
+
 def test_refill_needs_the_same_vocabulary(bert_tokenizer, roberta_tokenizer):
     mlm = build_model(tiny(vocab_size=len(roberta_tokenizer)), "mlm", rngs=nnx.Rngs(0))
     with pytest.raises(RefillError, match="vocabulary"):
