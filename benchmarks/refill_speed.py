@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     _, meta = resolve(args.run_dir)
     model, tok, _ = load_pretrained(args.run_dir)
-    mlm, mlm_tok, _ = load_mlm(args.mlm, argparse_cfg())
+    mlm, mlm_tok, _ = load_mlm(args.mlm, _weights_cfg())
     max_len = meta.get("max_len", 128)
     engines = {"plain": SmoothedClassifier(model, tok, args.rho, max_len=max_len)}
     for name, share in (("dense", None), ("masks-only", args.rho)):
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     return report(lines, result, args.json)
 
 
-def argparse_cfg():
+def _weights_cfg():
     """What ``load_mlm`` reads from a run config: float32 weights, no pickles."""
     from types import SimpleNamespace
 
