@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n", type=int, default=11, help="masked copies per text")
     args = p.parse_args(argv)
 
-    from ranmask_jax.certify import load_mlm, select_indices
+    from ranmask_jax.certify import select_indices
     from ranmask_jax.data import load_dataset
     from ranmask_jax.models import load_pretrained
     from ranmask_jax.models.pretrained import resolve
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     _, meta = resolve(args.run_dir)
     model, tok, _ = load_pretrained(args.run_dir)
-    mlm, mlm_tok, _ = load_mlm(args.mlm, _weights_cfg())
+    mlm, mlm_tok, _ = load_pretrained(args.mlm, head="mlm")
     max_len = meta.get("max_len", 128)
     engines = {"plain": SmoothedClassifier(model, tok, args.rho, max_len=max_len)}
     for name, share in (("dense", None), ("masks-only", args.rho)):
@@ -68,13 +68,6 @@ def main(argv: list[str] | None = None) -> dict:
     lines.append(f"  masks-only is {result['speedup_masks_only_vs_dense']:.2f}x the dense refill; "
                  f"largest score difference {diff:.2e}")
     return report(lines, result, args.json)
-
-
-def _weights_cfg():
-    """What ``load_mlm`` reads from a run config: float32 weights, no pickles."""
-    from types import SimpleNamespace
-
-    return SimpleNamespace(dtype="float32", allow_pickle=False)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ranmask_jax.mlm import gather_selected
+
 
 class RefillError(ValueError):
     pass
@@ -68,9 +70,9 @@ def mlm_refill(mlm_model, mlm_tokenizer, classifier_tokenizer, temperature: floa
             return dense(None), attn, types
 
         def sparse(_):
-            flat = is_mask.reshape(-1)
-            pos = jnp.nonzero(flat, size=cap, fill_value=total)[0]  # unused slots point past the end
-            fill = pick(key, model(ids, attn, types, positions=jnp.minimum(pos, total - 1)))  # [cap]
+            pos, valid, _ = gather_selected(is_mask, cap)
+            fill = pick(key, model(ids, attn, types, positions=pos))  # [cap]
+            pos = jnp.where(valid, pos, total)  # unused slots point past the end: dropped
             return ids.reshape(-1).at[pos].set(fill.astype(ids.dtype), mode="drop").reshape(ids.shape)
 
         return jax.lax.cond(is_mask.sum() <= cap, sparse, dense, None), attn, types
