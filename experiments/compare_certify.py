@@ -12,32 +12,13 @@ median and total certification seconds; --plot writes the certified-accuracy cur
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
+from summarize import by_beta, curve  # experiments/summarize.py: the same columns as the certification tables
+
 from ranmask_jax import metrics
-
-
-def read_rows(run: Path) -> dict[int, dict]:
-    path = run / "certify.jsonl"
-    if not path.exists():
-        raise SystemExit(f"{path}: no such file (expected the rows of a certify.py --out directory)")
-    rows = {}
-    for line_no, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            rows[int(row["index"])] = row
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise SystemExit(f"{path}:{line_no}: not a certify row ({e})") from None
-    return rows
-
-
-def curve(summary: dict, beta: str) -> str:
-    ca = summary["by_beta"][beta]["certified_accuracy"]
-    return " / ".join(f"{100 * ca[d]:.1f}" for d in sorted(ca, key=int))
+from ranmask_jax.files import read_rows
 
 
 def main(argv=None) -> None:
@@ -50,7 +31,12 @@ def main(argv=None) -> None:
     if args.label and len(args.label) != len(args.runs):
         ap.error(f"{len(args.label)} --label for {len(args.runs)} runs")
     labels = args.label or [str(r) for r in args.runs]
-    tables = [read_rows(r) for r in args.runs]
+    tables = []
+    for run in args.runs:
+        rows = read_rows(run / "certify.jsonl")
+        if not rows:
+            raise SystemExit(f"{run / 'certify.jsonl'}: no rows (expected those of a certify.py --out directory)")
+        tables.append({r["index"]: r for r in rows})
     common = sorted(set.intersection(*(set(t) for t in tables)))
     if not common:
         raise SystemExit("the runs have no text in common")
@@ -61,16 +47,14 @@ def main(argv=None) -> None:
     curves = {}
     for label, table in zip(labels, tables, strict=True):
         rows = [table[i] for i in common]
-        s = metrics.summarize(rows)
-        one, pc = s["by_beta"]["one"], s["by_beta"]["pc"]
+        by = by_beta(rows)
+        one, pc = by["one"], by["pc"]
         secs = [r["seconds"] for r in rows]
-        print(f"| {label} | {len(rows)} | {100 * s['accuracy']:.1f} | {one['mcb_largest']} "
-              f"| {100 * one['mcr_largest']:.1f} | {curve(s, 'one')} | {pc['mcb_largest']} "
-              f"| {100 * pc['mcr_largest']:.1f} | {curve(s, 'pc')} | {statistics.median(secs):.2f} "
+        print(f"| {label} | {len(rows)} | {100 * metrics.summarize(rows)['accuracy']:.1f} | {one['mcb_largest']} "
+              f"| {100 * one['mcr_largest']:.1f} | {curve(one)} | {pc['mcb_largest']} "
+              f"| {100 * pc['mcr_largest']:.1f} | {curve(pc)} | {statistics.median(secs):.2f} "
               f"| {sum(secs) / 60:.1f} |")
-        for beta, name in metrics.BETA_NAMES.items():
-            if beta in s["by_beta"]:
-                curves[f"{label}, {name}"] = s["by_beta"][beta]
+        curves.update({f"{label}, {metrics.BETA_NAMES[b]}": by[b] for b in ("one", "pc")})
     if args.plot:
         metrics.plot_certified_accuracy(curves, args.plot, title=args.title, n=len(common))
         print(f"\nplot: {args.plot}")

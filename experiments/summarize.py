@@ -43,7 +43,7 @@ def by_beta(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
-def _curve(summary: dict) -> str:
+def curve(summary: dict) -> str:
     ca = summary["certified_accuracy"]
     return " / ".join(f"{100 * ca[d]:.1f}" for d in sorted(ca, key=int)[:6])
 
@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> None:
             timing = f"{statistics.median(secs):.2f} ({sum(secs) / 60:.1f})"
             s = metrics.summarize(rows)
             cells = [_pct(s["accuracy"]) + f" ({s['n']})", _num(one["mcb_largest"]), _pct(one["mcr_largest"]),
-                     _curve(one), _num(pc["mcb_largest"]), _pct(pc["mcr_largest"]), _num(pc["mcb_original"]),
-                     _pct(pc["mcr_original"]), _curve(pc), _pct(s.get("exact_mode_share")), timing]
+                     curve(one), _num(pc["mcb_largest"]), _pct(pc["mcr_largest"]), _num(pc["mcb_original"]),
+                     _pct(pc["mcr_original"]), curve(pc), _pct(s.get("exact_mode_share")), timing]
         else:
             cells = ["not run"] + ["-"] * 10
         lines.append(f"| {meta['rho']} | {meta['step']} | {full} | " + " | ".join(cells) + " |")
