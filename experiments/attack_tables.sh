@@ -7,7 +7,9 @@
 # vote, logit; MaskPure: 30% of words masked and refilled by the masked LM, 11 voters). The masked-LM run of a
 # dataset (LM sampling, MaskPure, bert-attack's candidates) is RUNS_DIR/agnews-mlm or RUNS_DIR/sst2-mlm unless
 # MLM_RUN names another. Rows go to RUNS_DIR/RUN/attack-RECIPE-DEFENSE/ and, with the summary, are copied to
-# docs/runs/RUN/ when the cell ends. Every cell resumes when rerun. ATTACK_ARGS: extra flags for every cell.
+# docs/runs/RUN/ every PUBLISH_EVERY seconds (default 120) and when the cell ends. Every cell resumes when rerun,
+# from RUNS_DIR's rows or, on a fresh machine, from those in docs/runs/ (accepted only if the retrained weights are
+# bit-identical, as they are on the same CPU type). ATTACK_ARGS: extra flags for every cell.
 set -euo pipefail
 DATA_DIR="$1"; RUNS="$2"; shift 2
 cd "$(dirname "$0")/.."
@@ -25,11 +27,21 @@ for cell in "$@"; do
     [ "$recipe" != bert-attack ] || flags+=(--attack-mlm "$mlm")
     out="$RUNS/$run/attack-$recipe-$defense"
     dest="${PUBLISH_DIR:-docs/runs}/$run/attack-$recipe-$defense"
-    mkdir -p "$dest"
+    mkdir -p "$dest" "$out"
+    # rows published by an earlier machine resume here too (the run refuses them if the weights differ)
+    if [ -f "$dest/attack.jsonl" ] && [ ! -f "$out/attack.jsonl" ]; then
+        cp "$dest/attack.jsonl" "$dest/attack_config.json" "$out/"
+    fi
+    publish_rows() { for f in attack.jsonl attack_config.json summary.json table.md; do
+        [ -f "$out/$f" ] && cp "$out/$f" "$dest/"; done; return 0; }
+    ( while sleep "${PUBLISH_EVERY:-120}"; do publish_rows; done ) &  # partial rows reach docs/ as they come
+    copier=$!
+    trap 'kill "$copier" 2>/dev/null || true' EXIT
     status=
     python -m attacks --run-dir "$RUNS/$run" --data-dir "$DATA_DIR" --dataset "$ds" --split test \
         --recipe "$recipe" --num-examples "${num:-100}" --seed 0 --out "$out" "${flags[@]}" \
         ${ATTACK_ARGS:-} || status=$?
-    for f in attack.jsonl attack_config.json summary.json table.md; do [ -f "$out/$f" ] && cp "$out/$f" "$dest/"; done
+    kill "$copier" 2>/dev/null || true
+    publish_rows
     [ -z "$status" ] || exit "$status"
 done
