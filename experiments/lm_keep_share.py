@@ -1,13 +1,13 @@
 """What LM-based sampling keeps: for the texts of an attack cell (its attack.jsonl), the share of the kept words
-that are stopwords (NLTK's English list) or punctuation (no letter or digit) under LM-based and under uniform keep sets, and how concentrated the
-masked LM's word scores are.
+that are stopwords (NLTK's English list) or punctuation (no letter or digit) under LM-based and under uniform keep
+sets, and how concentrated the masked LM's word scores are.
 
     python experiments/lm_keep_share.py docs/runs/agnews-rho0.9/attack-deepwordbug-lm-vote/attack.jsonl \
         --lm runs/agnews-mlm --rho 0.9 --max-len 128
 
-Prints one Markdown table row per rho: texts, mean words h, kept k, stopword share of the words, of the kept
-words (uniform and LM keep sets, ``--copies`` draws of each per text), and the
-mean share of the score mass on the top 10% of a text's words.
+Prints one Markdown table row per rho: texts, mean words h, kept k, the stopword-and-punctuation share of the words
+and of the kept words (uniform and LM keep sets, ``--copies`` draws of each per text), and the mean share of the
+score mass on the top 10% of a text's words.
 """
 
 from __future__ import annotations
