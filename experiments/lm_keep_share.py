@@ -45,27 +45,27 @@ def main(argv=None) -> None:
     print("| rho | texts | mean h | mean k | stopwords and punctuation among the words % | among the kept, uniform % | "
           "among the kept, LM % | score mass on the top 10% of words % |")
     print("|---|---|---|---|---|---|---|---|")
+    # what does not depend on rho, once per text: h, which words are stopwords or punctuation, the score mass on
+    # the top 10% of the words
+    hs = [len(e.words) for e in encs]
+    is_stop = [np.array([w.lower() in stop or not any(c.isalnum() for c in w) for w in e.words], bool) for e in encs]
+    probs = LMKeepSets(0.0, scores).probabilities
+    top_mass = [np.sort(probs(e))[::-1][: max(1, round(0.1 * h))].sum() for e, h in zip(encs, hs, strict=True)]
+    words_stop = [st.mean() for st in is_stop]
+    m = lambda v: 100 * float(np.mean(v))  # noqa: E731
     for rho in a.rho:
         keep = LMKeepSets(rho, scores)
         key = jax.random.key(a.seed)
-        hs, ks, words_stop, kept_stop, uni_stop, top_mass = [], [], [], [], [], []
-        for enc in encs:
-            h = len(enc.words)
-            is_stop = np.array([w.lower() in stop or not any(c.isalnum() for c in w) for w in enc.words], bool)
+        kept_stop, uni_stop = [], []
+        for enc, h, st in zip(encs, hs, is_stop, strict=True):
             key, sub, sub2 = jax.random.split(key, 3)
             kept = np.asarray(keep.sample_text(sub, enc, a.copies, width))[:, :h].astype(bool)  # [copies, h]
             uni = np.asarray(sample_keep(sub2, h, keep.k(h), a.copies, width))[:, :h].astype(bool)
-            uni_stop.append((uni & is_stop).sum() / uni.sum())
-            s = np.sort(keep.probabilities(enc))[::-1]
-            hs.append(h)
-            ks.append(keep.k(h))
-            words_stop.append(is_stop.mean())
-            kept_stop.append((kept & is_stop).sum() / kept.sum())
-            top_mass.append(s[: max(1, round(0.1 * h))].sum())
-        m = lambda v: 100 * float(np.mean(v))  # noqa: E731
+            kept_stop.append((kept & st).sum() / kept.sum())
+            uni_stop.append((uni & st).sum() / uni.sum())
+        ks = [keep.k(h) for h in hs]
         print(f"| {rho} | {len(texts)} | {np.mean(hs):.1f} | {np.mean(ks):.1f} | {m(words_stop):.1f} | "
               f"{m(uni_stop):.1f} | {m(kept_stop):.1f} | {m(top_mass):.1f} |")
-
 
 if __name__ == "__main__":
     main()
