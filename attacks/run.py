@@ -24,7 +24,7 @@ from ranmask_jax.files import RowFile, fingerprint_rows
 log = logging.getLogger(__name__)
 
 ENSEMBLES = ("none", "vote", "logit", "prob", "majority", "onehot")
-RESUMABLE_CHANGES = ("data_dir", "batch_size", "num_examples")
+RESUMABLE_CHANGES = ("data_dir", "batch_size", "num_examples", "limit")
 
 
 @dataclasses.dataclass
@@ -35,6 +35,9 @@ class AttackConfig(SmoothedRunConfig):
     recipe: str = opt("deepwordbug", "deepwordbug, textfooler or bert-attack (needs --attack-mlm)")
     attack_mlm: str | None = opt(None, "bert-attack: the masked-LM run whose predictions are the candidates")
     num_examples: int | None = opt(100, "attack a seeded random subset of this many texts (default 100; none: all)")
+    limit: int | None = opt(None, "attack only this many of the selected texts: a seeded random subset of them, "
+                                  "nested (a larger limit later extends the same rows, and every cell with the "
+                                  "same limit attacks the same texts); none: all")
     seed: int = opt(0, "root seed: the subset, the smoothed copies and the random character edits")
     ensemble: str = opt("vote", "none (the base model on the plain text), or the smoothed classifier: vote (vote "
                                 "shares), logit (softmax of the mean logits), prob (mean probabilities; MaskPure's "
@@ -66,6 +69,8 @@ class AttackConfig(SmoothedRunConfig):
             raise ValueError(f"query_budget must be >= 1, got {self.query_budget}")
         if self.num_examples is not None and self.num_examples < 1:
             raise ValueError("num_examples must be >= 1")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError("limit must be >= 1")
 
 
 def build_scorers(cfg: AttackConfig):
@@ -92,14 +97,15 @@ def build_scorers(cfg: AttackConfig):
 
 
 def attack_dataset(cfg: AttackConfig) -> dict:
-    """Attack ``cfg.num_examples`` texts of a split; rows stream into ``attack.jsonl``; returns the summary."""
+    """Attack ``cfg.num_examples`` texts of a split (``cfg.limit`` of them); rows stream into ``attack.jsonl``;
+    returns the summary."""
     from tqdm.auto import tqdm
 
     from attacks.harness import Queries
     from attacks.recipes import RECIPES
     from attacks.search import greedy_wir
     from attacks.text import AttackText
-    from ranmask_jax.certify import load_for_run, select_indices
+    from ranmask_jax.certify import limit_indices, load_for_run, select_indices
     from ranmask_jax.progress import Heartbeat
 
     out = Path(cfg.out)
@@ -113,6 +119,7 @@ def attack_dataset(cfg: AttackConfig) -> dict:
         check_resume_config(out / "attack_config.json", cfg, RESUMABLE_CHANGES, started=bool(rowfile.rows),
                             extra={"model_fingerprint": settings["model_fingerprint"],
                                    "data_fingerprint": fingerprint_rows(selected)})
+        indices = limit_indices(indices, cfg.limit, cfg.seed)
         kw = {}
         if cfg.recipe == "bert-attack":
             from ranmask_jax.certify import load_mlm

@@ -2,7 +2,9 @@
 # The attack runs behind docs/RESULTS.md (the paper's Tables 4-5 shape): the same seeded examples in every cell.
 #   bash experiments/attack_tables.sh DATA_DIR RUNS_DIR CELL ...
 # A cell is DATASET:RUN:RECIPE:DEFENSE[:NUM], e.g. ag_news:agnews-rho0:deepwordbug:none or
-# ag_news:agnews-rho0.9:deepwordbug:vote:100. DEFENSE: none (the plain model), vote / logit (RanMASK, 100 copies
+# ag_news:agnews-rho0.9:textfooler:vote:50. Every cell draws the same NUM_EXAMPLES (default 100) seeded test texts;
+# NUM attacks only NUM of them (--limit: a seeded subset, the same in every cell with that NUM, extended in place
+# when NUM is raised later). DEFENSE: none (the plain model), vote / logit (RanMASK, 100 copies
 # per query), lm-vote / lm-logit (RanMASK with LM-based sampling), maskpure-MODE (MODE: prob, majority, onehot,
 # vote, logit; MaskPure: 30% of words masked and refilled by the masked LM, 11 voters). The masked-LM run of a
 # dataset (LM sampling, MaskPure, bert-attack's candidates) is RUNS_DIR/agnews-mlm or RUNS_DIR/sst2-mlm unless
@@ -39,7 +41,7 @@ for cell in "$@"; do
     trap 'kill "$copier" 2>/dev/null || true' EXIT
     status=
     python -m attacks --run-dir "$RUNS/$run" --data-dir "$DATA_DIR" --dataset "$ds" --split test \
-        --recipe "$recipe" --num-examples "${num:-100}" --seed 0 --out "$out" "${flags[@]}" \
+        --recipe "$recipe" --num-examples "${NUM_EXAMPLES:-100}" ${num:+--limit "$num"} --seed 0 --out "$out" "${flags[@]}" \
         ${ATTACK_ARGS:-} || status=$?
     kill "$copier" 2>/dev/null || true
     publish_rows

@@ -5,7 +5,8 @@
 
 One line per (defense, recipe): examples, Cln / Boa / Boa by a fresh recheck / Succ, average queries, perturbed-word
 fraction of the successful attacks, seconds per attacked example, and the wall time of the cell; recomputed from the
-rows (``attack.jsonl``), so a cell still running shows what it has. The plot: accuracy under attack per recipe
+rows (``attack.jsonl``), so a cell still running shows what it has; ``--common`` adds the same table on the texts
+that every cell attacked. The plot: accuracy under attack per recipe
 (groups) and defense (bars), with 95% Clopper-Pearson intervals over the examples.
 """
 
@@ -29,7 +30,14 @@ def load(cell: Path) -> dict:
     s = summarize(rows)
     ens = cfg["ensemble"]
     defense = meta.get("defense") or ("plain model" if ens == "none" else f"{cell.parent.name} {ens}")
-    return {**s, "recipe": cfg["recipe"], "defense": defense, "cell": str(cell), "wanted": cfg.get("num_examples")}
+    return {**s, "recipe": cfg["recipe"], "defense": defense, "cell": str(cell),
+            "wanted": cfg.get("limit") or cfg.get("num_examples"), "rows": rows}
+
+
+def restrict(cell: dict, keep: set[int]) -> dict:
+    """The cell's figures recomputed on the examples in ``keep``."""
+    rows = [r for r in cell["rows"] if r["index"] in keep]
+    return {**cell, **summarize(rows), "rows": rows, "wanted": None}
 
 
 def table(cells: list[dict]) -> str:
@@ -88,9 +96,16 @@ def main() -> None:
     p.add_argument("cells", nargs="+", type=Path)
     p.add_argument("--title", default="")
     p.add_argument("--plot", type=Path)
+    p.add_argument("--common", action="store_true",
+                   help="also print the table recomputed on the texts that every cell has attacked (cells of "
+                        "different sizes, e.g. --limit 50 beside 100-text cells)")
     args = p.parse_args()
     cells = [load(c) for c in args.cells]
     print(table(cells))
+    if args.common:
+        keep = set.intersection(*({r["index"] for r in c["rows"]} for c in cells))
+        print(f"On the {len(keep)} texts every cell attacked:\n")
+        print(table([restrict(c, keep) for c in cells]))
     if args.plot:
         plot(cells, args.plot, args.title)
 

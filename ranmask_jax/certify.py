@@ -118,6 +118,15 @@ def select_indices(n_total: int, num_examples: int | None, seed: int) -> np.ndar
     return np.sort(np.random.default_rng(seed).choice(n_total, size=num_examples, replace=False))
 
 
+def limit_indices(indices: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    """``limit`` of ``indices`` (sorted): the first ``limit`` of a seeded permutation of them, drawn from a stream
+    apart from the selection's, so the subsets are nested (limit 50 lies inside limit 80) and uniform over the data."""
+    if limit is None or limit >= len(indices):
+        return indices
+    order = np.random.default_rng([seed, 1]).permutation(len(indices))
+    return np.sort(indices[order[:limit]])
+
+
 def load_for_run(cfg: SmoothedRunConfig, settings: dict, num_labels: int):
     """The dataset split, with labels mapped to the run's label map by name (refused when they do not match)."""
     ds = load_dataset(cfg.dataset, cfg.split, cfg.data_dir, text_field=cfg.text_field, pair_field=cfg.pair_field,

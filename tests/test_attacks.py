@@ -241,6 +241,24 @@ def test_skipped_when_the_clean_text_is_misclassified():
     assert out.status == "skipped" and out.text.text == "alpha bravo"
 
 
+def test_limit_is_a_nested_seeded_subset_of_the_selection():
+    from ranmask_jax.certify import limit_indices, select_indices
+
+    sel = select_indices(7600, 100, 0)
+    assert limit_indices(sel, None, 0) is sel and limit_indices(sel, 100, 0) is sel
+    subsets = [limit_indices(sel, k, 0) for k in (10, 50, 80)]
+    for k, sub in zip((10, 50, 80), subsets, strict=True):
+        assert len(sub) == k and set(sub) <= set(sel) and list(sub) == sorted(sub)
+    assert set(subsets[0]) <= set(subsets[1]) <= set(subsets[2])
+    assert list(limit_indices(sel, 50, 0)) == list(subsets[1])  # every cell with the same limit: the same texts
+    assert set(limit_indices(sel, 50, 1)) != set(subsets[1])
+    # uniform over the selection, not its first (lowest-index) texts: each position's chance of a 50-subset is 1/2
+    hits = np.zeros(100)
+    for seed in range(2000):
+        hits[np.searchsorted(sel, limit_indices(sel, 50, seed))] += 1
+    assert abs(hits[:50].sum() / hits.sum() - 0.5) < 0.02 and hits.min() > 850 and hits.max() < 1150
+
+
 # -- end to end -----------------------------------------------------------------------------------------------------
 def attack_args(run, setup, out, *extra):
     return ["--run-dir", str(run), "--dataset", setup["dev"], "--split", "test", "--recipe", "deepwordbug",
@@ -261,9 +279,15 @@ def test_attack_run_end_to_end_and_resume(trained_run, tiny_setup, tmp_path, ens
                               capture_output=True, text=True, timeout=600, cwd=ROOT,
                               env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
+    r = attack("--ensemble", ensemble, "--n", "8", "--limit", "2")  # half of the 4 selected, then all of them
+    assert r.returncode == 0, r.stderr[-3000:]
+    first = (out / "attack.jsonl").read_text().splitlines()
+    assert len(first) == 2 and json.loads((out / "summary.json").read_text())["n"] == 2
     r = attack("--ensemble", ensemble, "--n", "8")
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(x) for x in (out / "attack.jsonl").read_text().splitlines()]
+    assert (out / "attack.jsonl").read_text().splitlines()[:2] == first  # resumed: the limited rows are kept
+    assert {r["index"] for r in rows} >= {json.loads(x)["index"] for x in first}
     assert len(rows) == 4 and {r["status"] for r in rows} <= {"skipped", "failed", "succeeded"}
     for row in rows:
         assert row["words"] == len(row["text"].split()) == len(row["perturbed_text"].split())
