@@ -67,5 +67,6 @@ def main(argv=None) -> None:
         print(f"| {rho} | {len(texts)} | {np.mean(hs):.1f} | {np.mean(ks):.1f} | {m(words_stop):.1f} | "
               f"{m(uni_stop):.1f} | {m(kept_stop):.1f} | {m(top_mass):.1f} |")
 
+
 if __name__ == "__main__":
     main()
