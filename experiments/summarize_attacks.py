@@ -64,7 +64,7 @@ def plot(cells: list[dict], path: Path, title: str) -> None:
     recipes = sorted({c["recipe"] for c in cells})
     defenses = sorted({c["defense"] for c in cells}, key=lambda d: (d != "plain model", d))
     width = 0.8 / len(defenses)
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = plt.subplots(figsize=(8, 3.6))
     labelled: set[str] = set()
     for j, d in enumerate(defenses):
         for i, r in enumerate(recipes):
@@ -84,7 +84,7 @@ def plot(cells: list[dict], path: Path, title: str) -> None:
     ax.set_ylabel("accuracy under attack (%)")
     ax.set_ylim(0, 100)
     ax.set_title(title)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)  # beside the bars, never over them
     fig.tight_layout()
     for ext in (".png", ".pdf"):  # PATH.png (or PATH) -> PATH.png and PATH.pdf
         fig.savefig(path.with_suffix(ext) if path.suffix in (".png", ".pdf") else str(path) + ext, dpi=200)
