@@ -96,6 +96,30 @@ def build_scorers(cfg: AttackConfig):
     return make, recheck, sc, settings
 
 
+def same_answers(rows: list[dict], make_scorer, cfg: AttackConfig, k: int = 5) -> dict:
+    """Whether the weights loaded now answer as the ones that wrote ``rows``: re-ask the clean query (the first
+    query of an example, drawn from the same key) of the first ``k`` rows and compare with the stored clean
+    prediction and scores. The scores may move by float rounding: 1e-4 for probabilities, one copy's vote (1/n)
+    for vote shares, none for one-hot scores. Returns what was compared; raises ValueError naming the example
+    that differs."""
+    from attacks.text import AttackText
+
+    tol = {"none": 1e-4, "logit": 1e-4, "prob": 1e-4, "onehot": 1e-6}.get(cfg.ensemble, 1 / cfg.n + 1e-6)
+    worst = 0.0
+    for r in rows[:k]:
+        now = np.asarray(make_scorer(r["index"])([AttackText.from_string(r["text"]).text])[0], np.float64)
+        diff = float(np.abs(now - np.asarray(r["clean_scores"])).max())
+        if int(np.argmax(now)) != r["clean_prediction"] or diff > tol:
+            raise ValueError(f"example {r['index']}: clean scores {np.round(now, 4).tolist()} now, "
+                             f"{r['clean_scores']} in the rows (tolerance {tol:.2g})")
+        worst = max(worst, diff)
+    log.warning("the model weights differ from those that wrote %s's rows, but they answer the same: the clean "
+                "queries of %d examples agree within %.2g (tolerance %.2g); resuming", cfg.out, min(k, len(rows)),
+                worst, tol)
+    return {"rows_before": len(rows), "examples_checked": min(k, len(rows)), "max_score_difference": worst,
+            "tolerance": tol}
+
+
 def attack_dataset(cfg: AttackConfig) -> dict:
     """Attack ``cfg.num_examples`` texts of a split (``cfg.limit`` of them); rows stream into ``attack.jsonl``;
     returns the summary."""
@@ -118,7 +142,8 @@ def attack_dataset(cfg: AttackConfig) -> dict:
         selected = [[int(i), ds.examples[i].text, ds.examples[i].label] for i in indices]
         check_resume_config(out / "attack_config.json", cfg, RESUMABLE_CHANGES, started=bool(rowfile.rows),
                             extra={"model_fingerprint": settings["model_fingerprint"],
-                                   "data_fingerprint": fingerprint_rows(selected)})
+                                   "data_fingerprint": fingerprint_rows(selected)},
+                            same_model=lambda: same_answers(rowfile.rows, make_scorer, cfg))
         indices = limit_indices(indices, cfg.limit, cfg.seed)
         kw = {}
         if cfg.recipe == "bert-attack":

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -219,11 +220,18 @@ def from_args(cls: type, args: argparse.Namespace):
 
 
 def check_resume_config(path: str | Path, cfg: Any, may_change: tuple[str, ...], started: bool,
-                        extra: dict | None = None, write: bool = True) -> None:
+                        extra: dict | None = None, write: bool = True,
+                        same_model: Callable[[], dict] | None = None) -> None:
     """Write ``cfg`` (and ``extra``, e.g. fingerprints of the model weights and the data) to ``path``. If a run
     that ``started`` (left checkpoints or rows) wrote one there, refuse a config that differs in any field outside
     ``may_change``: resuming with other settings would silently mix two experiments. A run that failed before
-    producing anything does not bind the directory."""
+    producing anything does not bind the directory.
+
+    Weights retrained on another machine can differ in their last bits (XLA's CPU and GPU kernels round
+    differently) while they are the same model. If only the weights' fingerprint changed and the caller passes
+    ``same_model``, that check decides: it re-asks questions the run already answered and returns what it compared,
+    or raises ValueError saying how the answers differ. Accepted, the earlier fingerprint and the comparison are
+    kept in the config's ``earlier_weights``, so the rows say which weights produced them."""
     from ranmask_jax.files import read_json
 
     path = Path(path)
@@ -233,12 +241,24 @@ def check_resume_config(path: str | Path, cfg: Any, may_change: tuple[str, ...],
         # a config field added after the run started counts as its default there; an extra key it lacks is unknown
         before = {f.name: f.default for f in dataclasses.fields(cfg)} | stored
         diff = [k for k in now if k not in may_change and (k in before) and before[k] != now[k]]
+        history = list(stored.get("earlier_weights", []))
+        if diff == ["model_fingerprint"] and same_model is not None:
+            try:
+                checked = same_model()
+            except ValueError as e:
+                raise ValueError(f"{path.parent} holds a run made with other model weights "
+                                 f"({before['model_fingerprint']} -> {now['model_fingerprint']}), and they answer "
+                                 f"differently: {e}; use a new output directory") from None
+            history.append({"model_fingerprint": before["model_fingerprint"], **checked})
+            diff = []
         if diff:
             what = {"model_fingerprint": "the model weights", "data_fingerprint": "the selected data rows"}
             changes = ", ".join(f"{what[k]} changed" if k in what else f"{k}: {before.get(k)!r} -> {now[k]!r}"
                                 for k in diff)
             raise ValueError(f"{path.parent} holds a run with a different config ({changes}); use a new output "
                              "directory, or the same flags, model and data to resume")
+        if history:
+            now["earlier_weights"] = history
     if write:  # atomically: other processes of the run may be reading it
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(now, indent=2) + "\n")

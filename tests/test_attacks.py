@@ -357,3 +357,55 @@ def test_textattack_adapter_wraps_any_scorer(monkeypatch, bert_tokenizer):
     out = w(["alpha bravo", "bravo"])
     assert out.shape == (2, 2) and out[0].argmax() == 1 and out[1].argmax() == 0
     assert w._tokenize(["alpha bravo"])[0][0] == "[CLS]"  # what TextAttack's tokenize() calls
+
+
+def test_attack_resumes_on_retrained_weights_only_if_they_answer_the_same(trained_run, tiny_setup, tmp_path):  # noqa: F811
+    """Weights retrained on another machine differ in their last bits: the run re-asks its clean queries and
+    resumes if the answers agree; weights that answer differently are refused."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from safetensors.numpy import load_file, save_file
+
+    from tests.test_train import ROOT
+
+    run, out = tmp_path / "run", tmp_path / "attack"
+    shutil.copytree(trained_run, run)
+    weights = run / "model" / "model.safetensors"
+
+    def attack(*extra):
+        return subprocess.run([sys.executable, "-m", "attacks", *attack_args(run, tiny_setup, out, "--ensemble",
+                                                                             "vote", "--n", "8", *extra)],
+                              capture_output=True, text=True, timeout=600, cwd=ROOT,
+                              env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+    def rewrite(change):
+        t = load_file(weights)
+        change(t)
+        save_file(t, str(weights), metadata={"format": "pt"})
+
+    r = attack("--limit", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    first = (out / "attack.jsonl").read_text()
+
+    def one_ulp(t):  # the last bit of one weight: a different file, the same model
+        name = next(k for k in t if k.endswith("attention.output.dense.weight"))
+        t[name].flat[0] = np.nextafter(t[name].flat[0], np.float32(1))
+    rewrite(one_ulp)
+    r = attack()
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "answer the same" in r.stderr and (out / "attack.jsonl").read_text().startswith(first)
+    cfg = json.loads((out / "attack_config.json").read_text())
+    assert len(cfg["earlier_weights"]) == 1 and cfg["earlier_weights"][0]["examples_checked"] == 2
+    assert cfg["earlier_weights"][0]["model_fingerprint"] != cfg["model_fingerprint"]
+    assert len((out / "attack.jsonl").read_text().splitlines()) == 4
+
+    def other_model(t):  # the classifier's answers flip
+        name = next(k for k in t if k.startswith("classifier") and k.endswith("weight"))
+        t[name] = -t[name]
+    rewrite(other_model)
+    r = attack()
+    assert r.returncode == 2 and "answer differently" in r.stderr and "Traceback" not in r.stderr
+    assert len((out / "attack.jsonl").read_text().splitlines()) == 4

@@ -314,3 +314,37 @@ def test_config_fields_added_later_count_as_their_defaults(tmp_path):
     path.write_text(json.dumps(saved))
     with pytest.raises(ValueError, match="group_by_length: 0 -> 4"):
         check_resume_config(path, TrainConfig(out_dir=str(tmp_path), group_by_length=4), (), started=True)
+
+
+def test_changed_weights_resume_only_when_they_answer_the_same(tmp_path):
+    from ranmask_jax.config import TrainConfig, check_resume_config
+
+    path, cfg = tmp_path / "attack_config.json", TrainConfig(out_dir=str(tmp_path))
+    check_resume_config(path, cfg, (), started=False, extra={"model_fingerprint": "aaaa"})
+    asked = []
+
+    def same():
+        asked.append(1)
+        return {"examples_checked": 5, "max_score_difference": 1e-7}
+
+    def differs():
+        raise ValueError("example 3: clean scores [0.1, 0.9] now, [0.9, 0.1] in the rows")
+
+    with pytest.raises(ValueError, match="the model weights changed"):  # no check offered: refused as before
+        check_resume_config(path, cfg, (), started=True, extra={"model_fingerprint": "bbbb"})
+    with pytest.raises(ValueError, match=r"other model weights \(aaaa -> bbbb\).*example 3"):
+        check_resume_config(path, cfg, (), started=True, extra={"model_fingerprint": "bbbb"}, same_model=differs)
+    assert json.loads(path.read_text())["model_fingerprint"] == "aaaa"  # a refusal writes nothing
+    with pytest.raises(ValueError, match="lr"):  # another change besides the weights: never asked, refused
+        check_resume_config(path, TrainConfig(out_dir=str(tmp_path), lr=1.0), (), started=True,
+                            extra={"model_fingerprint": "bbbb"}, same_model=same)
+    assert not asked
+    check_resume_config(path, cfg, (), started=True, extra={"model_fingerprint": "bbbb"}, same_model=same)
+    stored = json.loads(path.read_text())
+    assert stored["model_fingerprint"] == "bbbb" and asked == [1]
+    assert stored["earlier_weights"] == [{"model_fingerprint": "aaaa", "examples_checked": 5,
+                                          "max_score_difference": 1e-7}]
+    check_resume_config(path, cfg, (), started=True, extra={"model_fingerprint": "bbbb"}, same_model=same)
+    assert json.loads(path.read_text())["earlier_weights"] == stored["earlier_weights"] and asked == [1]
+    check_resume_config(path, cfg, (), started=True, extra={"model_fingerprint": "aaaa"}, same_model=same)
+    assert [w["model_fingerprint"] for w in json.loads(path.read_text())["earlier_weights"]] == ["aaaa", "bbbb"]
