@@ -162,16 +162,15 @@ def certify_dataset(cfg: CertifyConfig) -> dict:
         check_resume_config(out / "certify_config.json", cfg, RESUMABLE_CHANGES,
                             started=bool(rowfile.rows or others), write=rank == 0,
                             extra={"model_fingerprint": settings["model_fingerprint"],
-                                   "data_fingerprint": fingerprint_rows(selected)})
+                                   "data_fingerprint": fingerprint_rows(selected)},
+                            same_model=lambda: same_counts(rowfile.rows + others, _scorer(cfg, sc, ds)))
         rows = rowfile.rows + others
         done = {r["index"] for r in rows}
         todo = [int(i) for i in indices if int(i) not in done][rank::world]
         if done:
             log.info("resuming: %d of %d texts already certified", len(done & set(indices.tolist())),
                      len(indices))
-        root = jax.random.key(cfg.seed)
-        # exact mode when enumerating costs no more copies than sampling would: n (certify) or n0 (accuracy only)
-        thr = (cfg.n0 if cfg.accuracy_only else cfg.n) if cfg.exact_threshold is None else cfg.exact_threshold
+        score = _scorer(cfg, sc, ds)
         bar = tqdm(total=len(todo), desc="certify", unit="text", disable=None, dynamic_ncols=True)
         beat, t_start = Heartbeat(log, bar), time.perf_counter()
         # this process's rows and all earlier ones, kept up to date below: the log line costs O(1) a text
@@ -181,26 +180,8 @@ def certify_dataset(cfg: CertifyConfig) -> dict:
             beat("%d/%d texts, accuracy of g so far %.1f%%, %.2f s a text", len(done) + j * world, len(indices),
                  100 * n_correct / max(n_scored, 1), (time.perf_counter() - t_start) / max(j, 1))
             group = todo[j:j + step]
-            exs = [ds.examples[i] for i in group]
-            keys = [jax.random.fold_in(root, i) for i in group]
             t0 = time.perf_counter()
-            if cfg.accuracy_only:
-                preds = sc.predict_many(keys, [e.text for e in exs], [e.text_pair for e in exs], n=cfg.n0,
-                                        exact_threshold=thr)
-                new = [{"index": i, "label": ex.label, "prediction": p.label, "correct": p.label == ex.label,
-                        "counts": list(p.counts), "n": p.n, "h": p.h, "k": p.k}
-                       for i, ex, p in zip(group, exs, preds, strict=True)]
-            else:
-                certs = sc.certify_many(keys, [e.text for e in exs], [e.label for e in exs],
-                                        [e.text_pair for e in exs], n0=cfg.n0, n=cfg.n, alpha=cfg.alpha,
-                                        beta=cfg.beta, exact_threshold=thr, n_r=cfg.n_r)
-                new = []
-                for i, ex, cert in zip(group, exs, certs, strict=True):
-                    row = {"index": i, **dataclasses.asdict(cert), "n0": cfg.n0,
-                           "radius_original": cert.radius + 1 if cert.correct else None, "text": ex.text}
-                    if ex.text_pair is not None:
-                        row["text_pair"] = ex.text_pair
-                    new.append(row)
+            new = score(group)
             seconds = round((time.perf_counter() - t0) / len(group), 4)  # each text's share of its group's time
             for row in new:
                 rowfile.append({**row, "seconds": seconds})
@@ -223,6 +204,55 @@ def certify_dataset(cfg: CertifyConfig) -> dict:
         wanted = set(indices.tolist())
         rows = sorted((r for r in merged.rows if r["index"] in wanted), key=lambda r: r["index"])
     return write_summary(out, rows, cfg, settings, ds)
+
+
+def _scorer(cfg: CertifyConfig, sc: SmoothedClassifier, ds):
+    """``score(indices) -> rows``: certify (or, with ``accuracy_only``, classify) the texts at ``indices``, each with
+    its own key ``fold_in(seed, index)``, so a text's row does not depend on which others share its device step."""
+    root = jax.random.key(cfg.seed)
+    # exact mode when enumerating costs no more copies than sampling would: n (certify) or n0 (accuracy only)
+    thr = (cfg.n0 if cfg.accuracy_only else cfg.n) if cfg.exact_threshold is None else cfg.exact_threshold
+
+    def score(group: list[int]) -> list[dict]:
+        exs = [ds.examples[i] for i in group]
+        keys = [jax.random.fold_in(root, i) for i in group]
+        if cfg.accuracy_only:
+            preds = sc.predict_many(keys, [e.text for e in exs], [e.text_pair for e in exs], n=cfg.n0,
+                                    exact_threshold=thr)
+            return [{"index": i, "label": ex.label, "prediction": p.label, "correct": p.label == ex.label,
+                     "counts": list(p.counts), "n": p.n, "h": p.h, "k": p.k}
+                    for i, ex, p in zip(group, exs, preds, strict=True)]
+        certs = sc.certify_many(keys, [e.text for e in exs], [e.label for e in exs], [e.text_pair for e in exs],
+                                n0=cfg.n0, n=cfg.n, alpha=cfg.alpha, beta=cfg.beta, exact_threshold=thr, n_r=cfg.n_r)
+        new = []
+        for i, ex, cert in zip(group, exs, certs, strict=True):
+            row = {"index": i, **dataclasses.asdict(cert), "n0": cfg.n0,
+                   "radius_original": cert.radius + 1 if cert.correct else None, "text": ex.text}
+            if ex.text_pair is not None:
+                row["text_pair"] = ex.text_pair
+            new.append(row)
+        return new
+
+    return score
+
+
+def same_counts(rows: list[dict], score, k: int = 3) -> dict:
+    """Whether the weights loaded now answer as the ones that wrote ``rows``: redo the first ``k`` rows with their
+    own keys and compare the prediction and the vote counts. Float rounding can move a copy that sits on a tie:
+    2 + 0.2% of the copies may move per class. Returns what was compared; raises ValueError naming the text that
+    differs."""
+    worst = 0
+    for old, now in zip(rows[:k], score([r["index"] for r in rows[:k]]), strict=True):
+        diffs = [abs(a - b) for key in ("counts", "counts0") if old.get(key) is not None and now.get(key) is not None
+                 for a, b in zip(old[key], now[key], strict=True)]
+        tol = 2 + 0.002 * now["n"]
+        if now["prediction"] != old["prediction"] or max(diffs, default=0) > tol:
+            raise ValueError(f"text {old['index']}: prediction {now['prediction']} with counts {now['counts']} now, "
+                             f"{old['prediction']} with {old['counts']} in the rows (tolerance {tol:g} copies)")
+        worst = max(worst, *diffs, 0)
+    log.warning("the model weights differ from those that wrote these rows, but they answer the same: the first %d "
+                "texts' vote counts differ by at most %d copies; resuming", min(k, len(rows)), worst)
+    return {"rows_before": len(rows), "texts_checked": min(k, len(rows)), "max_count_difference": int(worst)}
 
 
 def _row_files(out: Path) -> list[Path]:

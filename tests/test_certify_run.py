@@ -154,3 +154,37 @@ def test_two_processes_give_the_rows_of_one(certified, trained_run, tiny_setup, 
     s1, s2 = (json.loads((d / "summary.json").read_text()) for d in (one, out))
     assert {k: v for k, v in s1.items() if k not in ("seconds_total", "config")} == \
         {k: v for k, v in s2.items() if k not in ("seconds_total", "config")}
+
+
+def test_resume_on_other_weights_only_if_they_answer_the_same(certified, trained_run, tiny_setup, tmp_path):  # noqa: F811
+    """Rows written by weights with another fingerprint (retrained on another machine): the run redoes its first
+    rows with their keys and resumes if the votes agree, else refuses, naming the text."""
+    import ranmask_jax.certify as certify_mod
+    from ranmask_jax.config import CertifyConfig
+
+    out, _ = certified
+    full = [json.loads(x) for x in (out / "certify.jsonl").read_text().splitlines()]
+    stored = json.loads((out / "certify_config.json").read_text())
+
+    def part(name, rows):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "certify_config.json").write_text(json.dumps({**stored, "out": str(d), "model_fingerprint": "0" * 16}))
+        (d / "certify.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return d, CertifyConfig(run_dir=str(trained_run), dataset=tiny_setup["dev"], split="dev", out=str(d), n0=10,
+                                n=40, batch_size=16, num_examples=6, seed=1)
+
+    d, cfg = part("same", full[:3])
+    certify_mod.certify_dataset(cfg)
+    now = json.loads((d / "certify_config.json").read_text())
+    assert now["model_fingerprint"] == stored["model_fingerprint"]
+    assert now["earlier_weights"] == [{"model_fingerprint": "0" * 16, "rows_before": 3, "texts_checked": 3,
+                                       "max_count_difference": 0}]
+    strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+    assert [strip(json.loads(x)) for x in (d / "certify.jsonl").read_text().splitlines()] == [strip(r) for r in full]
+
+    other = dict(full[0], counts=full[0]["counts"][::-1], prediction=1 - full[0]["prediction"])  # another model's row
+    d, cfg = part("other", [other, *full[1:3]])
+    with pytest.raises(ValueError, match=rf"other model weights .* text {other['index']}: prediction"):
+        certify_mod.certify_dataset(cfg)
+    assert len((d / "certify.jsonl").read_text().splitlines()) == 3
