@@ -4,7 +4,8 @@
 clean_prediction, clean_scores, final_prediction, final_scores (the attack's last answer about the returned text),
 recheck_prediction (a fresh, independent query of a randomized scorer about the returned text, not counted in
 ``queries``; equal to final_prediction for the deterministic plain model), queries, words_changed, words,
-perturbed_fraction, note, seconds, text, perturbed_text. A rerun with the same config resumes after the last row.
+perturbed_fraction, note, seconds, machine (what the seconds were measured on), text, perturbed_text. A rerun with
+the same config resumes after the last row.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ranmask_jax import distributed
 from ranmask_jax.config import SmoothedRunConfig, check_resume_config, opt
 from ranmask_jax.data import DataError
 from ranmask_jax.files import RowFile, fingerprint_rows
@@ -154,6 +156,7 @@ def attack_dataset(cfg: AttackConfig) -> dict:
         recipe = RECIPES[cfg.recipe](unk_token=sc.tokenizer.unk_token, **kw)
         done = {r["index"] for r in rowfile.rows}
         todo = [int(i) for i in indices if int(i) not in done]
+        where = distributed.machine()
         if done:
             log.info("resuming: %d of %d examples already attacked", len(done), len(indices))
         bar = tqdm(total=len(todo), desc=f"{cfg.recipe} vs {cfg.ensemble}", unit="text", disable=None,
@@ -180,7 +183,8 @@ def attack_dataset(cfg: AttackConfig) -> dict:
                 "final_scores": [round(float(x), 6) for x in res.final_scores], "recheck_prediction": again,
                 "queries": queries.count, "words_changed": changed, "words": len(original),
                 "perturbed_fraction": round(changed / len(original), 6), "note": res.note,
-                "seconds": round(time.perf_counter() - t0, 3), "text": ex.text, "perturbed_text": res.text.text})
+                "seconds": round(time.perf_counter() - t0, 3), "machine": where, "text": ex.text,
+                "perturbed_text": res.text.text})
             bar.update(1)
         bar.close()
         wanted = set(indices.tolist())
@@ -206,6 +210,10 @@ def summarize(rows: list[dict]) -> dict:
         "avg_perturbed_fraction": mean([r["perturbed_fraction"] for r in won]),
         "seconds_per_attacked_example": mean([r["seconds"] for r in attacked]),
         "seconds_total": round(sum(r["seconds"] for r in rows), 2),
+        # a cell resumed on other machines: its cost on each ("machine" is absent from rows of older versions)
+        "by_machine": {m: {"attacked": len(a), "seconds_per_attacked_example": mean([r["seconds"] for r in a])}
+                       for m in sorted({r.get("machine", "unrecorded") for r in attacked})
+                       for a in [[r for r in attacked if r.get("machine", "unrecorded") == m]]},
     }
 
 

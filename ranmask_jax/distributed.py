@@ -29,6 +29,24 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     jax.distributed.initialize(address, num_processes=num, process_id=pid)
 
 
+def machine() -> str:
+    """What the run's seconds were measured on, for the rows: the accelerators (``"8 x TPU v5 lite"``, ``"1 x NVIDIA
+    H200"``) or, on the CPU, the processor's model name and the cores this process may use."""
+    devices = jax.local_devices()
+    if devices[0].platform != "cpu":
+        return f"{len(devices)} x {devices[0].device_kind}"
+    name = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    import platform
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{name or platform.processor() or platform.machine() or 'CPU'}, {cores} cores"
+
+
 def _env_int(name: str) -> int | None:
     value = os.environ.get(name)
     return int(value) if value not in (None, "") else None

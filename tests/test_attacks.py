@@ -298,6 +298,12 @@ def test_attack_run_end_to_end_and_resume(trained_run, tiny_setup, tmp_path, ens
             assert row["recheck_prediction"] == row["final_prediction"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n"] == 4 and summary["skipped"] + summary["failed"] + summary["succeeded"] == 4
+    attacked = summary["failed"] + summary["succeeded"]
+    machines = {r["machine"] for r in rows if r["status"] != "skipped"}  # every row says where it was timed
+    assert len(machines) == (1 if attacked else 0) and all(r["machine"] for r in rows)
+    assert summary["by_machine"] == ({machines.pop(): {"attacked": attacked, "seconds_per_attacked_example":
+                                                       pytest.approx(summary["seconds_per_attacked_example"])}}
+                                     if attacked else {})
     assert "| Cln % |" in (out / "table.md").read_text()
     again = attack("--ensemble", ensemble, "--n", "8")  # resumes: nothing left to attack, same rows
     assert again.returncode == 0 and (out / "attack.jsonl").read_text().count("\n") == 4
