@@ -131,7 +131,7 @@ def attack_dataset(cfg: AttackConfig) -> dict:
     from attacks.recipes import RECIPES
     from attacks.search import greedy_wir
     from attacks.text import AttackText
-    from ranmask_jax.certify import limit_indices, load_for_run, select_indices
+    from ranmask_jax.certify import limit_indices, load_for_run, model_probe, same_probe, select_indices
     from ranmask_jax.progress import Heartbeat
 
     out = Path(cfg.out)
@@ -142,10 +142,12 @@ def attack_dataset(cfg: AttackConfig) -> dict:
             raise DataError(f"{ds.source}: sentence pairs cannot be attacked yet (single texts only)")
         indices = select_indices(len(ds), cfg.num_examples, cfg.seed)
         selected = [[int(i), ds.examples[i].text, ds.examples[i].label] for i in indices]
+        probe = model_probe(sc, [t for _, t, _ in selected])
         check_resume_config(out / "attack_config.json", cfg, RESUMABLE_CHANGES, started=bool(rowfile.rows),
                             extra={"model_fingerprint": settings["model_fingerprint"],
-                                   "data_fingerprint": fingerprint_rows(selected)},
-                            same_model=lambda: same_answers(rowfile.rows, make_scorer, cfg))
+                                   "data_fingerprint": fingerprint_rows(selected), "model_probe": probe},
+                            same_model=lambda stored: {"probe_difference": same_probe(stored, probe),
+                                                       **same_answers(rowfile.rows, make_scorer, cfg)})
         indices = limit_indices(indices, cfg.limit, cfg.seed)
         kw = {}
         if cfg.recipe == "bert-attack":

@@ -157,13 +157,15 @@ def certify_dataset(cfg: CertifyConfig) -> dict:
         ds = load_for_run(cfg, settings, sc.num_labels)
         indices = select_indices(len(ds), cfg.num_examples, cfg.seed)
         selected = [[int(i), ds.examples[i].text, ds.examples[i].text_pair, ds.examples[i].label] for i in indices]
+        probe = model_probe(sc, [t for _, t, _, _ in selected], [p for _, _, p, _ in selected])
         seen = {r["index"]: own.name for r in rowfile.rows}
         others = [r for f in _row_files(out) if f != own for r in read_rows(f, seen=seen)]
         check_resume_config(out / "certify_config.json", cfg, RESUMABLE_CHANGES,
                             started=bool(rowfile.rows or others), write=rank == 0,
                             extra={"model_fingerprint": settings["model_fingerprint"],
-                                   "data_fingerprint": fingerprint_rows(selected)},
-                            same_model=lambda: same_counts(rowfile.rows + others, _scorer(cfg, sc, ds)))
+                                   "data_fingerprint": fingerprint_rows(selected), "model_probe": probe},
+                            same_model=lambda stored: {"probe_difference": same_probe(stored, probe),
+                                                       **same_counts(rowfile.rows + others, _scorer(cfg, sc, ds))})
         rows = rowfile.rows + others
         done = {r["index"] for r in rows}
         todo = [int(i) for i in indices if int(i) not in done][rank::world]
@@ -234,6 +236,27 @@ def _scorer(cfg: CertifyConfig, sc: SmoothedClassifier, ds):
         return new
 
     return score
+
+
+def model_probe(sc: SmoothedClassifier, texts: list[str], pairs: list[str | None] | None = None) -> list:
+    """The base classifier's raw logits on (up to) the first 4 of ``texts``: kept in a run's config, so a resume on
+    weights with another fingerprint can tell rounding (1e-6 on the CPU, ~1e-3 with TF32 GPU matmuls) from another
+    model, which moves them far more even where its votes agree."""
+    return np.asarray(sc.base_logits(texts[:4], None if pairs is None else pairs[:4]), np.float64).tolist()
+
+
+def same_probe(stored: dict, now: list, tol: float = 1e-2) -> float | None:
+    """The largest difference between the stored ``model_probe`` and ``now`` (None where the run kept none);
+    ValueError beyond ``tol``."""
+    before = stored.get("model_probe")
+    if before is None:
+        return None
+    a, b = np.asarray(before, np.float64), np.asarray(now, np.float64)
+    diff = float(np.abs(a - b).max()) if a.shape == b.shape else float("inf")
+    if diff > tol:
+        raise ValueError(f"the plain model's logits on the first selected texts moved by {diff:.3g} "
+                         f"(tolerance {tol:g})")
+    return diff
 
 
 def same_counts(rows: list[dict], score, k: int = 3) -> dict:

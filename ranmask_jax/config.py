@@ -221,7 +221,7 @@ def from_args(cls: type, args: argparse.Namespace):
 
 def check_resume_config(path: str | Path, cfg: Any, may_change: tuple[str, ...], started: bool,
                         extra: dict | None = None, write: bool = True,
-                        same_model: Callable[[], dict] | None = None) -> None:
+                        same_model: Callable[[dict], dict] | None = None) -> None:
     """Write ``cfg`` (and ``extra``, e.g. fingerprints of the model weights and the data) to ``path``. If a run
     that ``started`` (left checkpoints or rows) wrote one there, refuse a config that differs in any field outside
     ``may_change``: resuming with other settings would silently mix two experiments. A run that failed before
@@ -229,9 +229,11 @@ def check_resume_config(path: str | Path, cfg: Any, may_change: tuple[str, ...],
 
     Weights retrained on another machine can differ in their last bits (XLA's CPU and GPU kernels round
     differently) while they are the same model. If only the weights' fingerprint changed and the caller passes
-    ``same_model``, that check decides: it re-asks questions the run already answered and returns what it compared,
-    or raises ValueError saying how the answers differ. Accepted, the earlier fingerprint and the comparison are
-    kept in the config's ``earlier_weights``, so the rows say which weights produced them."""
+    ``same_model``, that check decides: given the stored config, it compares the plain model's logits on a few texts
+    (``model_probe``, kept in the config; never a difference by itself) and re-asks questions the run already
+    answered, and returns what it compared, or raises ValueError saying how the answers differ. Accepted, the
+    earlier fingerprint and the comparison are kept in the config's ``earlier_weights``, so the rows say which
+    weights produced them."""
     from ranmask_jax.files import read_json
 
     path = Path(path)
@@ -240,15 +242,15 @@ def check_resume_config(path: str | Path, cfg: Any, may_change: tuple[str, ...],
         stored = read_json(path)
         # a config field added after the run started counts as its default there; an extra key it lacks is unknown
         before = {f.name: f.default for f in dataclasses.fields(cfg)} | stored
-        diff = [k for k in now if k not in may_change and (k in before) and before[k] != now[k]]
+        diff = [k for k in now if k not in (*may_change, "model_probe") and (k in before) and before[k] != now[k]]
         history = list(stored.get("earlier_weights", []))
         if diff == ["model_fingerprint"] and same_model is not None:
             try:
-                checked = same_model()
+                checked = same_model(stored)
             except ValueError as e:
-                raise ValueError(f"{path.parent} holds a run made with other model weights "
-                                 f"({before['model_fingerprint']} -> {now['model_fingerprint']}), and they answer "
-                                 f"differently: {e}; use a new output directory") from None
+                raise ValueError(f"{path.parent} holds a run with a different config (the model weights changed: "
+                                 f"{before['model_fingerprint']} -> {now['model_fingerprint']}, and they answer "
+                                 f"differently: {e}); use a new output directory") from None
             history.append({"model_fingerprint": before["model_fingerprint"], **checked})
             diff = []
         if diff:

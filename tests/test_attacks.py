@@ -405,6 +405,7 @@ def test_attack_resumes_on_retrained_weights_only_if_they_answer_the_same(traine
     assert "answer the same" in r.stderr and (out / "attack.jsonl").read_text().startswith(first)
     cfg = json.loads((out / "attack_config.json").read_text())
     assert len(cfg["earlier_weights"]) == 1 and cfg["earlier_weights"][0]["examples_checked"] == 2
+    assert cfg["earlier_weights"][0]["probe_difference"] < 1e-4
     assert cfg["earlier_weights"][0]["model_fingerprint"] != cfg["model_fingerprint"]
     assert len((out / "attack.jsonl").read_text().splitlines()) == 4
 
@@ -413,5 +414,6 @@ def test_attack_resumes_on_retrained_weights_only_if_they_answer_the_same(traine
         t[name] = -t[name]
     rewrite(other_model)
     r = attack()
-    assert r.returncode == 2 and "answer differently" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "answer differently" in r.stderr and "logits" in r.stderr
+    assert "Traceback" not in r.stderr
     assert len((out / "attack.jsonl").read_text().splitlines()) == 4

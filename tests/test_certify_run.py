@@ -178,13 +178,13 @@ def test_resume_on_other_weights_only_if_they_answer_the_same(certified, trained
     certify_mod.certify_dataset(cfg)
     now = json.loads((d / "certify_config.json").read_text())
     assert now["model_fingerprint"] == stored["model_fingerprint"]
-    assert now["earlier_weights"] == [{"model_fingerprint": "0" * 16, "rows_before": 3, "texts_checked": 3,
-                                       "max_count_difference": 0}]
+    assert now["earlier_weights"] == [{"model_fingerprint": "0" * 16, "probe_difference": 0.0, "rows_before": 3,
+                                       "texts_checked": 3, "max_count_difference": 0}]
     strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
     assert [strip(json.loads(x)) for x in (d / "certify.jsonl").read_text().splitlines()] == [strip(r) for r in full]
 
     other = dict(full[0], counts=full[0]["counts"][::-1], prediction=1 - full[0]["prediction"])  # another model's row
     d, cfg = part("other", [other, *full[1:3]])
-    with pytest.raises(ValueError, match=rf"other model weights .* text {other['index']}: prediction"):
+    with pytest.raises(ValueError, match=rf"model weights changed: .* text {other['index']}: prediction"):
         certify_mod.certify_dataset(cfg)
     assert len((d / "certify.jsonl").read_text().splitlines()) == 3

@@ -323,16 +323,17 @@ def test_changed_weights_resume_only_when_they_answer_the_same(tmp_path):
     check_resume_config(path, cfg, (), started=False, extra={"model_fingerprint": "aaaa"})
     asked = []
 
-    def same():
+    def same(stored):
+        assert stored["model_fingerprint"] in ("aaaa", "bbbb")
         asked.append(1)
         return {"examples_checked": 5, "max_score_difference": 1e-7}
 
-    def differs():
+    def differs(stored):
         raise ValueError("example 3: clean scores [0.1, 0.9] now, [0.9, 0.1] in the rows")
 
     with pytest.raises(ValueError, match="the model weights changed"):  # no check offered: refused as before
         check_resume_config(path, cfg, (), started=True, extra={"model_fingerprint": "bbbb"})
-    with pytest.raises(ValueError, match=r"other model weights \(aaaa -> bbbb\).*example 3"):
+    with pytest.raises(ValueError, match=r"weights changed: aaaa -> bbbb, and they answer differently: example 3"):
         check_resume_config(path, cfg, (), started=True, extra={"model_fingerprint": "bbbb"}, same_model=differs)
     assert json.loads(path.read_text())["model_fingerprint"] == "aaaa"  # a refusal writes nothing
     with pytest.raises(ValueError, match="lr"):  # another change besides the weights: never asked, refused
