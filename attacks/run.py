@@ -202,6 +202,9 @@ def summarize(rows: list[dict]) -> dict:
     attacked = [r for r in rows if r["status"] != "skipped"]
     won = [r for r in rows if r["status"] == "succeeded"]
     mean = lambda xs: float(np.mean(xs)) if xs else None  # noqa: E731
+    by_machine: dict[str, list[float]] = {}  # a cell resumed on other machines: its cost on each
+    for r in attacked:  # rows of older versions have no "machine"
+        by_machine.setdefault(r.get("machine", "unrecorded"), []).append(r["seconds"])
     return {
         "n": n, "skipped": status.count("skipped"), "failed": status.count("failed"), "succeeded": len(won),
         "clean_accuracy": len(attacked) / n if n else None,
@@ -212,10 +215,8 @@ def summarize(rows: list[dict]) -> dict:
         "avg_perturbed_fraction": mean([r["perturbed_fraction"] for r in won]),
         "seconds_per_attacked_example": mean([r["seconds"] for r in attacked]),
         "seconds_total": round(sum(r["seconds"] for r in rows), 2),
-        # a cell resumed on other machines: its cost on each ("machine" is absent from rows of older versions)
-        "by_machine": {m: {"attacked": len(a), "seconds_per_attacked_example": mean([r["seconds"] for r in a])}
-                       for m in sorted({r.get("machine", "unrecorded") for r in attacked})
-                       for a in [[r for r in attacked if r.get("machine", "unrecorded") == m]]},
+        "by_machine": {m: {"attacked": len(sec), "seconds_per_attacked_example": mean(sec)}
+                       for m, sec in sorted(by_machine.items())},
     }
 
 

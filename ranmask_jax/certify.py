@@ -158,6 +158,7 @@ def certify_dataset(cfg: CertifyConfig) -> dict:
         indices = select_indices(len(ds), cfg.num_examples, cfg.seed)
         selected = [[int(i), ds.examples[i].text, ds.examples[i].text_pair, ds.examples[i].label] for i in indices]
         probe = model_probe(sc, [t for _, t, _, _ in selected], [p for _, _, p, _ in selected])
+        score = _scorer(cfg, sc, ds)
         seen = {r["index"]: own.name for r in rowfile.rows}
         others = [r for f in _row_files(out) if f != own for r in read_rows(f, seen=seen)]
         check_resume_config(out / "certify_config.json", cfg, RESUMABLE_CHANGES,
@@ -165,14 +166,13 @@ def certify_dataset(cfg: CertifyConfig) -> dict:
                             extra={"model_fingerprint": settings["model_fingerprint"],
                                    "data_fingerprint": fingerprint_rows(selected), "model_probe": probe},
                             same_model=lambda stored: {"probe_difference": same_probe(stored, probe),
-                                                       **same_counts(rowfile.rows + others, _scorer(cfg, sc, ds))})
+                                                       **same_counts(rowfile.rows + others, score)})
         rows = rowfile.rows + others
         done = {r["index"] for r in rows}
         todo = [int(i) for i in indices if int(i) not in done][rank::world]
         if done:
             log.info("resuming: %d of %d texts already certified", len(done & set(indices.tolist())),
                      len(indices))
-        score = _scorer(cfg, sc, ds)
         bar = tqdm(total=len(todo), desc="certify", unit="text", disable=None, dynamic_ncols=True)
         beat, t_start = Heartbeat(log, bar), time.perf_counter()
         # this process's rows and all earlier ones, kept up to date below: the log line costs O(1) a text
