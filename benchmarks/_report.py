@@ -25,6 +25,12 @@ def add_run_flags(p: argparse.ArgumentParser, texts: int) -> None:
 
 
 def report(lines: list[str], result: dict, json_path: str | None) -> dict:
+    """Print the lines and append the result, stamped with the machine and the date it was measured on, to json_path."""
+    import time
+
+    from ranmask_jax.distributed import machine
+
+    result = {**result, "machine": machine(), "date": time.strftime("%Y-%m-%d")}
     for line in lines:
         print(line)
     if json_path:

@@ -19,7 +19,6 @@ float ties).
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 
@@ -150,8 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
            "median_s": med, "s_per_text": {k: v / len(texts) for k, v in med.items()},
            "copies_per_s": {k: copies / v for k, v in med.items()},
            "tokens_per_s": {k: results[k][1] / med[k] for k in names}, "jax_first_pass_s": compile_pass,
-           "vote_counts_equal_to_jax": agree, "reps": args.reps, "device": str(jax.devices()[0]),
-           "cpu": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d")}
+           "vote_counts_equal_to_jax": agree, "reps": args.reps, "device": str(jax.devices()[0])}
     lines = [f"{args.dataset} rho={rho}: {len(texts)} texts, {copies} copies (n0={args.n0}, n={args.n})"]
     for k in names:
         same = f"  votes equal to jax for {agree[k]}/{len(texts)} texts" if k in agree else ""

@@ -11,7 +11,6 @@ timed in alternating repetitions and the medians are reported with their ratio.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -84,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
         "jax_seq_per_s": args.batch / mj, "torch_seq_per_s": args.batch / mt, "jax_over_torch": mt / mj,
         "max_abs_logit_diff": max_diff, "jax": jax.__version__, "torch": torch.__version__,
         "device": str(jax.devices()[0]), "torch_device": tdev,
-        "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
     return report([

@@ -11,7 +11,6 @@ alternate within each repetition; medians over ``--reps``; the two refills' scor
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 
@@ -60,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
             times[name].append(time.perf_counter() - t0)
     med = {name: statistics.median(t) for name, t in times.items()}
     diff = float(np.abs(first["dense"] - first["masks-only"]).max())
-    result = {"benchmark": "refill_speed", "machine": platform.processor() or platform.machine(),
+    result = {"benchmark": "refill_speed",
               "texts": len(texts), "n": args.n, "rho": args.rho, "median_s": med,
               "speedup_masks_only_vs_dense": med["dense"] / med["masks-only"], "max_score_diff": diff}
     lines = [f"{len(texts)} texts x {args.n} copies, rho {args.rho}, median of {args.reps}:"]

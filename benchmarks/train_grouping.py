@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import tempfile
 from pathlib import Path
@@ -65,8 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
            "group": args.group, "reps": args.reps, "plain": plain, "grouped": grouped,
            "speedup_median_step": plain["median_s_per_step"] / grouped["median_s_per_step"],
            "speedup_mean_step": plain["mean_s_per_step"] / grouped["mean_s_per_step"],
-           "device": str(jax.devices()[0]), "cpus": os.cpu_count(),
-           "machine": platform.processor() or platform.machine()}
+           "device": str(jax.devices()[0]), "cpus": os.cpu_count()}
     return report([
         f"plain shuffle : {plain['median_s_per_step']:.3f} s/step median, {plain['mean_s_per_step']:.3f} mean "
         f"(compilation included), padded length {plain['mean_padded_len']:.1f}",
