@@ -21,7 +21,7 @@ import numpy as np
 from ranmask_jax import distributed
 from ranmask_jax.config import SmoothedRunConfig, check_resume_config, opt
 from ranmask_jax.data import DataError
-from ranmask_jax.files import RowFile, fingerprint_rows
+from ranmask_jax.files import RowFile, fingerprint_files, fingerprint_rows
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,15 @@ def attack_dataset(cfg: AttackConfig) -> dict:
     from attacks.recipes import RECIPES
     from attacks.search import greedy_wir
     from attacks.text import AttackText
-    from ranmask_jax.certify import limit_indices, load_for_run, model_probe, same_probe, select_indices
+    from ranmask_jax.certify import (
+        limit_indices,
+        load_for_run,
+        load_mlm,
+        mlm_probe,
+        model_probe,
+        same_probe,
+        select_indices,
+    )
     from ranmask_jax.progress import Heartbeat
 
     out = Path(cfg.out)
@@ -142,19 +150,21 @@ def attack_dataset(cfg: AttackConfig) -> dict:
             raise DataError(f"{ds.source}: sentence pairs cannot be attacked yet (single texts only)")
         indices = select_indices(len(ds), cfg.num_examples, cfg.seed)
         selected = [[int(i), ds.examples[i].text, ds.examples[i].label] for i in indices]
+        kw, mlms, fingerprints = {}, dict(settings["mlms"]), {"model_fingerprint": settings["model_fingerprint"]}
+        if cfg.recipe == "bert-attack":  # its candidates come from this masked LM: its weights bind the rows too
+            model, tok, files = load_mlm(cfg.attack_mlm, cfg)
+            kw = {"mlm": (model, tok), "max_len": settings["max_len"]}
+            mlms["attack"] = (model, tok)
+            fingerprints["attack_mlm_fingerprint"] = fingerprint_files(files)
         probe = model_probe(sc, [t for _, t, _ in selected])
+        mlm_now = mlm_probe(mlms, [t for _, t, _ in selected])
         check_resume_config(out / "attack_config.json", cfg, RESUMABLE_CHANGES, started=bool(rowfile.rows),
-                            extra={"model_fingerprint": settings["model_fingerprint"],
-                                   "data_fingerprint": fingerprint_rows(selected), "model_probe": probe},
-                            same_model=lambda stored: {"probe_difference": same_probe(stored, probe),
+                            extra={**fingerprints, "data_fingerprint": fingerprint_rows(selected),
+                                   "model_probe": probe, **({"mlm_probe": mlm_now} if mlm_now else {})},
+                            same_model=lambda stored: {"probe_difference": same_probe(stored, probe,
+                                                                                      mlm_now=mlm_now),
                                                        **same_answers(rowfile.rows, make_scorer, cfg)})
         indices = limit_indices(indices, cfg.limit, cfg.seed)
-        kw = {}
-        if cfg.recipe == "bert-attack":
-            from ranmask_jax.certify import load_mlm
-
-            model, tok, _ = load_mlm(cfg.attack_mlm, cfg)
-            kw = {"mlm": (model, tok), "max_len": settings["max_len"]}
         recipe = RECIPES[cfg.recipe](unk_token=sc.tokenizer.unk_token, **kw)
         done = {r["index"] for r in rowfile.rows}
         todo = [int(i) for i in indices if int(i) not in done]

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ranmask_jax import distributed, metrics
@@ -40,7 +41,9 @@ RESUMABLE_CHANGES = ("data_dir", "batch_size", "num_examples", "texts_per_call",
 
 def smoothed_from_run(cfg: SmoothedRunConfig, local: bool = False) -> tuple[SmoothedClassifier, dict]:
     """The smoothed classifier of a run directory, with the run's rho / max_len / mask side unless overridden.
-    ``settings["label_names"]`` is the run's label map (None for a model directory that names no labels)."""
+    ``settings["label_names"]`` is the run's label map (None for a model directory that names no labels);
+    ``settings["mlms"]`` the masked LMs the smoothed classifier uses, by role (``"lm"``: the keep-set sampler,
+    ``"purifier"``: the MaskPure refill), as ``(model, tokenizer)``."""
     model_dir, meta = resolve(cfg.run_dir)
     if meta.get("task") == "mlm":
         raise ValueError(f"{cfg.run_dir} is a masked-LM run (train.py --task mlm); certify and attack a classifier run")
@@ -57,14 +60,15 @@ def smoothed_from_run(cfg: SmoothedRunConfig, local: bool = False) -> tuple[Smoo
     mesh = distributed.make_mesh(local=local)  # local: each process of a multi-process run works on its own texts
     rows = cfg.batch_size or (64 if mesh.devices.flat[0].platform == "cpu" else 256) * mesh.devices.size
     bs = distributed.round_up(rows, mesh.devices.size)
-    extra, fingerprints = _sampling_and_purifier(cfg, tok, settings)
+    extra, fingerprints, mlms = _sampling_and_purifier(cfg, tok, settings)
     sc = SmoothedClassifier(model, tok, batch_size=bs, mesh=mesh, **settings, **extra)
     names = meta.get("label_names") or _config_label_names(model_dir, sc.num_labels)
     weights = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("pytorch_model*.bin"))
     settings.update(sampling=cfg.sampling, purifier=cfg.purifier,
                     empirical_only=not getattr(extra.get("keep_sets"), "certifiable", True) or not getattr(
                         extra.get("transform"), "deterministic", True))
-    return sc, {**settings, "label_names": names, "model_fingerprint": fingerprint_files(weights + fingerprints)}
+    return sc, {**settings, "label_names": names, "model_fingerprint": fingerprint_files(weights + fingerprints),
+                "mlms": mlms}
 
 
 def no_certificate(cfg) -> str:
@@ -83,13 +87,15 @@ def load_mlm(run: str, cfg) -> tuple:
     return model, tok, sorted(mlm_dir.glob("*.safetensors"))
 
 
-def _sampling_and_purifier(cfg: SmoothedRunConfig, tok, settings: dict) -> tuple[dict, list]:
-    """The engine's keep-set distribution (``--sampling lm --lm RUN``) and copy transform (``--purifier RUN``)."""
-    extra, files = {}, []
+def _sampling_and_purifier(cfg: SmoothedRunConfig, tok, settings: dict) -> tuple[dict, list, dict]:
+    """The engine's keep-set distribution (``--sampling lm --lm RUN``) and copy transform (``--purifier RUN``):
+    the classifier's extra arguments, the masked LMs' weight files, and the masked LMs by role."""
+    extra, files, mlms = {}, [], {}
     if cfg.sampling == "lm":
         from ranmask_jax.lm_sampling import LMKeepSets, mlm_word_scores
 
         lm, lm_tok, f = load_mlm(cfg.lm, cfg)
+        mlms["lm"] = (lm, lm_tok)
         extra["keep_sets"] = LMKeepSets(settings["rho"], mlm_word_scores(lm, lm_tok, settings["max_len"]),
                                         settings["min_keep"])
         files += f
@@ -97,10 +103,11 @@ def _sampling_and_purifier(cfg: SmoothedRunConfig, tok, settings: dict) -> tuple
         from ranmask_jax.purify import mlm_refill
 
         mlm, mlm_tok, f = load_mlm(cfg.purifier, cfg)
+        mlms["purifier"] = (mlm, mlm_tok)
         extra["transform"], extra["transform_params"] = mlm_refill(mlm, mlm_tok, tok, cfg.refill_temperature,
                                                                    mask_share=settings["rho"])
         files += f
-    return extra, files
+    return extra, files, mlms
 
 
 def _config_label_names(model_dir: Path, num_labels: int) -> list[str] | None:
@@ -158,14 +165,17 @@ def certify_dataset(cfg: CertifyConfig) -> dict:
         indices = select_indices(len(ds), cfg.num_examples, cfg.seed)
         selected = [[int(i), ds.examples[i].text, ds.examples[i].text_pair, ds.examples[i].label] for i in indices]
         probe = model_probe(sc, [t for _, t, _, _ in selected], [p for _, _, p, _ in selected])
+        mlm_now = mlm_probe(settings["mlms"], [t for _, t, _, _ in selected])
         score = _scorer(cfg, sc, ds)
         seen = {r["index"]: own.name for r in rowfile.rows}
         others = [r for f in _row_files(out) if f != own for r in read_rows(f, seen=seen)]
         check_resume_config(out / "certify_config.json", cfg, RESUMABLE_CHANGES,
                             started=bool(rowfile.rows or others), write=rank == 0,
                             extra={"model_fingerprint": settings["model_fingerprint"],
-                                   "data_fingerprint": fingerprint_rows(selected), "model_probe": probe},
-                            same_model=lambda stored: {"probe_difference": same_probe(stored, probe),
+                                   "data_fingerprint": fingerprint_rows(selected), "model_probe": probe,
+                                   **({"mlm_probe": mlm_now} if mlm_now else {})},
+                            same_model=lambda stored: {"probe_difference": same_probe(stored, probe,
+                                                                                      mlm_now=mlm_now),
                                                        **same_counts(rowfile.rows + others, score)})
         rows = rowfile.rows + others
         done = {r["index"] for r in rows}
@@ -245,18 +255,42 @@ def model_probe(sc: SmoothedClassifier, texts: list[str], pairs: list[str | None
     return np.asarray(sc.base_logits(texts[:4], None if pairs is None else pairs[:4]), np.float64).tolist()
 
 
-def same_probe(stored: dict, now: list, tol: float = 1e-2) -> float | None:
-    """The largest difference between the stored ``model_probe`` and ``now`` (None where the run kept none);
-    ValueError beyond ``tol``."""
-    before = stored.get("model_probe")
-    if before is None:
-        return None
-    a, b = np.asarray(before, np.float64), np.asarray(now, np.float64)
-    diff = float(np.abs(a - b).max()) if a.shape == b.shape else float("inf")
-    if diff > tol:
-        raise ValueError(f"the plain model's logits on the first selected texts moved by {diff:.3g} "
-                         f"(tolerance {tol:g})")
-    return diff
+def mlm_probe(mlms: dict, texts: list[str], tokens: int = 16) -> dict:
+    """Each masked LM's loss on each of the first ``tokens`` tokens of (up to) the first 2 of ``texts``, read
+    unmasked, by role: the masked LMs' counterpart of ``model_probe``."""
+    out = {}
+    for role, (model, tok) in sorted(mlms.items()):
+        model.eval()
+        losses = []
+        for text in texts[:2]:
+            ids = jnp.asarray(tok(text, truncation=True, max_length=tokens)["input_ids"], jnp.int32)[None]
+            logp = jax.nn.log_softmax(model(ids, jnp.ones_like(ids), jnp.zeros_like(ids)), axis=-1)
+            losses.append(np.asarray(-jnp.take_along_axis(logp, ids[..., None], axis=-1)[0, :, 0], np.float64))
+        out[role] = [x.tolist() for x in losses]
+    return out
+
+
+def _flat(probe: list) -> np.ndarray:
+    """A probe's numbers in one vector (a masked LM's rows can differ in length: texts of fewer tokens)."""
+    return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in probe] or [np.zeros(0)])
+
+
+def same_probe(stored: dict, now: list, tol: float = 1e-2, mlm_now: dict | None = None) -> float | None:
+    """The largest difference between the stored ``model_probe`` and ``now``, and between the stored ``mlm_probe``
+    and ``mlm_now`` (None where the run kept neither); ValueError beyond ``tol``."""
+    pairs = [("the plain model's logits on the first selected texts", stored.get("model_probe"), now)]
+    pairs += [(f"the {role} masked LM's token losses on the first selected texts", before, (mlm_now or {}).get(role))
+              for role, before in sorted((stored.get("mlm_probe") or {}).items())]
+    worst = None
+    for what, before, after in pairs:
+        if before is None:
+            continue
+        same_shape = after is not None and [np.shape(x) for x in before] == [np.shape(x) for x in after]
+        diff = float(np.max(np.abs(_flat(before) - _flat(after)), initial=0.0)) if same_shape else float("inf")
+        if not diff <= tol:
+            raise ValueError(f"{what} moved by {diff:.3g} (tolerance {tol:g})")
+        worst = diff if worst is None else max(worst, diff)
+    return worst
 
 
 def same_counts(rows: list[dict], score, k: int = 3) -> dict:

@@ -219,6 +219,11 @@ def from_args(cls: type, args: argparse.Namespace):
 
 
 
+# a run config's fingerprints of weight files (what they name), and its probes of what those weights answer
+WEIGHT_FINGERPRINTS = {"model_fingerprint": "the model weights", "attack_mlm_fingerprint": "the attack's masked LM"}
+PROBES = ("model_probe", "mlm_probe")
+
+
 def check_resume_config(path: str | Path, cfg: Any, may_change: tuple[str, ...], started: bool,
                         extra: dict | None = None, write: bool = True,
                         same_model: Callable[[dict], dict] | None = None) -> None:
@@ -228,12 +233,12 @@ def check_resume_config(path: str | Path, cfg: Any, may_change: tuple[str, ...],
     producing anything does not bind the directory.
 
     Weights retrained on another machine can differ in their last bits (XLA's CPU and GPU kernels round
-    differently) while they are the same model. If only the weights' fingerprint changed and the caller passes
-    ``same_model``, that check decides: given the stored config, it compares the plain model's logits on a few texts
-    (``model_probe``, kept in the config; never a difference by itself) and re-asks questions the run already
-    answered, and returns what it compared, or raises ValueError saying how the answers differ. Accepted, the
-    earlier fingerprint and the comparison are kept in the config's ``earlier_weights``, so the rows say which
-    weights produced them."""
+    differently) while they are the same model. If only weights' fingerprints (``WEIGHT_FINGERPRINTS``) changed and
+    the caller passes ``same_model``, that check decides: given the stored config, it compares the models' outputs
+    on a few texts (``model_probe``, ``mlm_probe``, kept in the config; never a difference by themselves) and
+    re-asks questions the run already answered, and returns what it compared, or raises ValueError saying how the
+    answers differ. Accepted, the earlier fingerprints and the comparison are kept in the config's
+    ``earlier_weights``, so the rows say which weights produced them."""
     from ranmask_jax.files import read_json
 
     path = Path(path)
@@ -242,19 +247,19 @@ def check_resume_config(path: str | Path, cfg: Any, may_change: tuple[str, ...],
         stored = read_json(path)
         # a config field added after the run started counts as its default there; an extra key it lacks is unknown
         before = {f.name: f.default for f in dataclasses.fields(cfg)} | stored
-        diff = [k for k in now if k not in (*may_change, "model_probe") and (k in before) and before[k] != now[k]]
+        diff = [k for k in now if k not in (*may_change, *PROBES) and (k in before) and before[k] != now[k]]
         history = list(stored.get("earlier_weights", []))
-        if diff == ["model_fingerprint"] and same_model is not None:
+        if diff and set(diff) <= set(WEIGHT_FINGERPRINTS) and same_model is not None:
+            moved = ", ".join(f"{WEIGHT_FINGERPRINTS[k]} changed: {before[k]} -> {now[k]}" for k in diff)
             try:
                 checked = same_model(stored)
             except ValueError as e:
-                raise ValueError(f"{path.parent} holds a run with a different config (the model weights changed: "
-                                 f"{before['model_fingerprint']} -> {now['model_fingerprint']}, and they answer "
+                raise ValueError(f"{path.parent} holds a run with a different config ({moved}, and they answer "
                                  f"differently: {e}); use a new output directory") from None
-            history.append({"model_fingerprint": before["model_fingerprint"], **checked})
+            history.append({**{k: before[k] for k in diff}, **checked})
             diff = []
         if diff:
-            what = {"model_fingerprint": "the model weights", "data_fingerprint": "the selected data rows"}
+            what = {**WEIGHT_FINGERPRINTS, "data_fingerprint": "the selected data rows"}
             changes = ", ".join(f"{what[k]} changed" if k in what else f"{k}: {before.get(k)!r} -> {now[k]!r}"
                                 for k in diff)
             raise ValueError(f"{path.parent} holds a run with a different config ({changes}); use a new output "

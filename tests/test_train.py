@@ -349,3 +349,31 @@ def test_changed_weights_resume_only_when_they_answer_the_same(tmp_path):
     assert json.loads(path.read_text())["earlier_weights"] == stored["earlier_weights"] and asked == [1]
     check_resume_config(path, cfg, (), started=True, extra={"model_fingerprint": "aaaa"}, same_model=same)
     assert [w["model_fingerprint"] for w in json.loads(path.read_text())["earlier_weights"]] == ["aaaa", "bbbb"]
+    # the attack's masked LM is weights too; the probes are what the check compares, never a difference by themselves
+    both = {"model_fingerprint": "aaaa", "attack_mlm_fingerprint": "cccc", "mlm_probe": {"attack": [[1.0]]}}
+    path.unlink()
+    check_resume_config(path, cfg, (), started=False, extra=both)
+    with pytest.raises(ValueError, match="the attack's masked LM changed: cccc -> dddd, and they answer differently"):
+        check_resume_config(path, cfg, (), started=True, extra={**both, "attack_mlm_fingerprint": "dddd"},
+                            same_model=differs)
+    check_resume_config(path, cfg, (), started=True, extra={**both, "mlm_probe": {"attack": [[2.0]]}})
+    check_resume_config(path, cfg, (), started=True, same_model=same,
+                        extra={**both, "model_fingerprint": "bbbb", "attack_mlm_fingerprint": "dddd"})
+    assert json.loads(path.read_text())["earlier_weights"][-1] == {
+        "model_fingerprint": "aaaa", "attack_mlm_fingerprint": "cccc", "examples_checked": 5,
+        "max_score_difference": 1e-7}
+
+
+def test_probes_compare_every_model_the_run_kept():
+    from ranmask_jax.certify import same_probe
+
+    stored = {"model_probe": [[0.0, 1.0]], "mlm_probe": {"lm": [[2.0, 3.0]], "purifier": [[4.0]]}}
+    assert same_probe(stored, [[0.0, 1.001]], mlm_now={"lm": [[2.0, 3.0]], "purifier": [[4.005]]}) == pytest.approx(
+        0.005)
+    with pytest.raises(ValueError, match="the purifier masked LM's token losses .* moved by 0.5"):
+        same_probe(stored, [[0.0, 1.0]], mlm_now={"lm": [[2.0, 3.0]], "purifier": [[4.5]]})
+    with pytest.raises(ValueError, match="the lm masked LM's token losses .* moved by inf"):  # the LM went missing
+        same_probe(stored, [[0.0, 1.0]], mlm_now={"purifier": [[4.0]]})
+    with pytest.raises(ValueError, match="plain model's logits .* moved by 0.02"):
+        same_probe(stored, [[0.02, 1.0]], mlm_now={"lm": [[2.0, 3.0]], "purifier": [[4.0]]})
+    assert same_probe({}, [[0.0]]) is None  # a run from before the probes: nothing to compare
