@@ -265,19 +265,39 @@ def attack_args(run, setup, out, *extra):
             "--num-examples", "4", "--out", str(out), *extra]
 
 
-@pytest.mark.parametrize("ensemble", ["none", "vote"])
-def test_attack_run_end_to_end_and_resume(trained_run, tiny_setup, tmp_path, ensemble):  # noqa: F811
-    out = tmp_path / ensemble
+def attack_cli(args):
+    """``python -m attacks ARGS`` in a fresh process on the CPU."""
     import os
     import subprocess
     import sys
 
     from tests.test_train import ROOT
 
+    return subprocess.run([sys.executable, "-m", "attacks", *args], capture_output=True, text=True, timeout=600,
+                          cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def rewrite_weights(path, change):
+    """Apply ``change`` to the tensors of a safetensors file in place."""
+    from safetensors.numpy import load_file, save_file
+
+    t = load_file(path)
+    change(t)
+    save_file(t, str(path), metadata={"format": "pt"})
+
+
+def one_ulp(t):
+    """The last bit of one weight: a different file, the same model (as a retrain on another machine)."""
+    name = next(k for k in t if k.endswith("attention.output.dense.weight"))
+    t[name].flat[0] = np.nextafter(t[name].flat[0], np.float32(1))
+
+
+@pytest.mark.parametrize("ensemble", ["none", "vote"])
+def test_attack_run_end_to_end_and_resume(trained_run, tiny_setup, tmp_path, ensemble):  # noqa: F811
+    out = tmp_path / ensemble
+
     def attack(*extra):
-        return subprocess.run([sys.executable, "-m", "attacks", *attack_args(trained_run, tiny_setup, out, *extra)],
-                              capture_output=True, text=True, timeout=600, cwd=ROOT,
-                              env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        return attack_cli(attack_args(trained_run, tiny_setup, out, *extra))
 
     r = attack("--ensemble", ensemble, "--n", "8", "--limit", "2")  # half of the 4 selected, then all of them
     assert r.returncode == 0, r.stderr[-3000:]
@@ -368,38 +388,20 @@ def test_textattack_adapter_wraps_any_scorer(monkeypatch, bert_tokenizer):
 def test_attack_resumes_on_retrained_weights_only_if_they_answer_the_same(trained_run, tiny_setup, tmp_path):  # noqa: F811
     """Weights retrained on another machine differ in their last bits: the run re-asks its clean queries and
     resumes if the answers agree; weights that answer differently are refused."""
-    import os
     import shutil
-    import subprocess
-    import sys
-
-    from safetensors.numpy import load_file, save_file
-
-    from tests.test_train import ROOT
 
     run, out = tmp_path / "run", tmp_path / "attack"
     shutil.copytree(trained_run, run)
     weights = run / "model" / "model.safetensors"
 
     def attack(*extra):
-        return subprocess.run([sys.executable, "-m", "attacks", *attack_args(run, tiny_setup, out, "--ensemble",
-                                                                             "vote", "--n", "8", *extra)],
-                              capture_output=True, text=True, timeout=600, cwd=ROOT,
-                              env={**os.environ, "JAX_PLATFORMS": "cpu"})
-
-    def rewrite(change):
-        t = load_file(weights)
-        change(t)
-        save_file(t, str(weights), metadata={"format": "pt"})
+        return attack_cli(attack_args(run, tiny_setup, out, "--ensemble", "vote", "--n", "8", *extra))
 
     r = attack("--limit", "2")
     assert r.returncode == 0, r.stderr[-3000:]
     first = (out / "attack.jsonl").read_text()
 
-    def one_ulp(t):  # the last bit of one weight: a different file, the same model
-        name = next(k for k in t if k.endswith("attention.output.dense.weight"))
-        t[name].flat[0] = np.nextafter(t[name].flat[0], np.float32(1))
-    rewrite(one_ulp)
+    rewrite_weights(weights, one_ulp)
     r = attack()
     assert r.returncode == 0, r.stderr[-3000:]
     assert "answer the same" in r.stderr and (out / "attack.jsonl").read_text().startswith(first)
@@ -412,7 +414,7 @@ def test_attack_resumes_on_retrained_weights_only_if_they_answer_the_same(traine
     def other_model(t):  # the classifier's answers flip
         name = next(k for k in t if k.startswith("classifier") and k.endswith("weight"))
         t[name] = -t[name]
-    rewrite(other_model)
+    rewrite_weights(weights, other_model)
     r = attack()
     assert r.returncode == 2 and "answer differently" in r.stderr and "logits" in r.stderr
     assert "Traceback" not in r.stderr

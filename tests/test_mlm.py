@@ -180,29 +180,17 @@ def test_attack_run_binds_the_masked_lm_of_its_candidates(trained_run, mlm_run, 
     """BERT-Attack's candidates come from a masked LM: its weights are fingerprinted and probed in the run's
     config. Retrained in its last bits it resumes (the earlier fingerprint kept); another masked LM at the same path
     is refused, though the classifier and its answers are unchanged."""
-    import os
     import shutil
-    import subprocess
-    import sys
 
-    from safetensors.numpy import load_file, save_file
-
-    from tests.test_attacks import attack_args
-    from tests.test_train import ROOT
+    from tests.test_attacks import attack_args, attack_cli, one_ulp, rewrite_weights
 
     lm, out = tmp_path / "lm", tmp_path / "attack"
     shutil.copytree(mlm_run, lm)
     weights = lm / "model" / "model.safetensors"
 
     def attack(*extra):
-        args = attack_args(trained_run, tiny_setup, out, "--recipe", "bert-attack", "--attack-mlm", str(lm), *extra)
-        return subprocess.run([sys.executable, "-m", "attacks", *args], capture_output=True, text=True, timeout=600,
-                              cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-
-    def rewrite(change):
-        t = load_file(weights)
-        change(t)
-        save_file(t, str(weights), metadata={"format": "pt"})
+        return attack_cli(attack_args(trained_run, tiny_setup, out, "--recipe", "bert-attack", "--attack-mlm",
+                                      str(lm), *extra))
 
     res = attack("--limit", "1")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -210,10 +198,7 @@ def test_attack_run_binds_the_masked_lm_of_its_candidates(trained_run, mlm_run, 
     assert len(cfg["attack_mlm_fingerprint"]) == 16 and len(cfg["mlm_probe"]["attack"]) == 2
     first = (out / "attack.jsonl").read_text()
 
-    def one_ulp(t):
-        name = next(k for k in t if k.endswith("attention.output.dense.weight"))
-        t[name].flat[0] = np.nextafter(t[name].flat[0], np.float32(1))
-    rewrite(one_ulp)
+    rewrite_weights(weights, one_ulp)
     res = attack("--limit", "2")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "answer the same" in res.stderr and (out / "attack.jsonl").read_text().startswith(first)
@@ -227,7 +212,7 @@ def test_attack_run_binds_the_masked_lm_of_its_candidates(trained_run, mlm_run, 
     def other_lm(t):  # another masked LM: the classifier, and so the clean answers, stay the same
         name = next(k for k in t if k.endswith("predictions.transform.dense.weight"))
         t[name] = -t[name]
-    rewrite(other_lm)
+    rewrite_weights(weights, other_lm)
     res = attack()
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "the attack's masked LM changed" in res.stderr and "attack masked LM's token losses" in res.stderr
