@@ -54,8 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     ratio = peak[max(args.n)] / peak[min(args.n)]
     lines = [f"peak RSS, n = {max(args.n)} vs n = {min(args.n)}: {ratio:.3f}x"]
     result = {"benchmark": "certify_memory", "run_dir": args.run_dir, "dataset": args.dataset, "texts": args.texts,
-              "rows": rows, "ratio": round(ratio, 4),
-              "cpus": os.cpu_count()}
+              "rows": rows, "ratio": round(ratio, 4), "cpus": os.cpu_count()}
     return report(lines, result, args.json)
 
 

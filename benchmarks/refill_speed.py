@@ -59,8 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
             times[name].append(time.perf_counter() - t0)
     med = {name: statistics.median(t) for name, t in times.items()}
     diff = float(np.abs(first["dense"] - first["masks-only"]).max())
-    result = {"benchmark": "refill_speed",
-              "texts": len(texts), "n": args.n, "rho": args.rho, "median_s": med,
+    result = {"benchmark": "refill_speed", "texts": len(texts), "n": args.n, "rho": args.rho, "median_s": med,
               "speedup_masks_only_vs_dense": med["dense"] / med["masks-only"], "max_score_diff": diff}
     lines = [f"{len(texts)} texts x {args.n} copies, rho {args.rho}, median of {args.reps}:"]
     lines += [f"  {name:10s} {s:.3f} s  ({s / len(texts) * 1000:.1f} ms a text)" for name, s in med.items()]
