@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from ranmask_jax.masking import split_words
+
 _CORE = re.compile(r"^(\W*)(.*?)(\W*)$", re.S)
 
 
@@ -18,7 +20,7 @@ class AttackText:
 
     @classmethod
     def from_string(cls, text: str) -> AttackText:
-        words = tuple(text.split())
+        words = split_words(text)
         if not words:
             raise ValueError("an empty text cannot be attacked")
         return cls(words)

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ranmask_jax.masking import canonical_text
+
 log = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "RANMASK_DATA_DIR"
@@ -106,7 +108,7 @@ def _lines(path: Path, encoding: str = "utf-8") -> Iterator[str]:
 
 
 def _clean(text: str, where: str) -> str:
-    text = " ".join(text.split())
+    text = canonical_text(text)
     if not text:
         raise DataError(f"{where}: empty text")
     return text

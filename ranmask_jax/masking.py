@@ -111,6 +111,24 @@ class EncodedText:
 _WORD = re.compile(r"\S+")
 
 
+def canonical_text(text: str) -> str:
+    r"""The text every path masks and tokenizes: its words (``str.split``: every run of Unicode whitespace, as Python
+    counts it, separates two words) joined by single ASCII spaces.
+
+    This is what makes the words the tokenizer's units. Python counts ``\x0b \x0c \x1c-\x1f \x85`` as
+    whitespace, but the BERT normaliser deletes them as control characters, so in the raw text ``foot\x0cball``
+    is one token covering two words and a copy that masks ``ball`` still reads it. After this rewrite every word
+    boundary is a plain space, which every supported tokenizer splits on, while the words themselves (and so h_x, the
+    words an attacker changes, and the radius) are exactly those of the raw text.
+    """
+    return " ".join(text.split())
+
+
+def split_words(text: str) -> tuple[str, ...]:
+    """The maskable word units of a text (the h_x of the paper): its whitespace-separated words."""
+    return tuple(text.split())
+
+
 @functools.lru_cache(maxsize=8)
 def _special_layout(tokenizer, pair: bool) -> tuple[int, int, int, tuple[int, ...]]:
     """How many special tokens the tokenizer puts before the first text, between the texts and after the last, and
@@ -137,7 +155,7 @@ def _tie_tokens_to_words(offsets: list[tuple[int, int]], spans: list[tuple[int, 
 
 
 def encode(tokenizer, text: str, text_pair: str | None = None, *, mask_side: MaskSide = "second") -> EncodedText:
-    """Tokenize ``text`` (and ``text_pair``) whole and tie each token to its whitespace word.
+    """Tokenize ``text`` (and ``text_pair``) whole, as ``canonical_text`` writes it, and tie each token to its word.
 
     For a pair, ``mask_side`` says which side's words are maskable ("second", the hypothesis, as in the paper;
     "first"; or "both"); tokens of the other side are always kept. Nothing is truncated here: ``build_masked`` cuts
@@ -145,9 +163,13 @@ def encode(tokenizer, text: str, text_pair: str | None = None, *, mask_side: Mas
     """
     texts = [text] if text_pair is None else [text, text_pair]
     for i, t in enumerate(texts):
-        if not isinstance(t, str) or not t.strip():
-            side = "" if text_pair is None else f" (side {i + 1} of the pair)"
+        side = "" if text_pair is None else f" (side {i + 1} of the pair)"
+        if not isinstance(t, str):
+            raise ValueError(f"text{side} must be a string, got {type(t).__name__}")
+        if not t.strip():
             raise ValueError(f"empty text{side}")
+    texts = [canonical_text(t) for t in texts]
+    text, text_pair = texts[0], (texts[1] if text_pair is not None else None)
     if mask_side not in ("first", "second", "both"):
         raise ValueError(f"mask_side must be first, second or both, got {mask_side!r}")
     enc = tokenizer(text, text_pair, return_offsets_mapping=True, add_special_tokens=True, truncation=False,
@@ -179,6 +201,10 @@ def encode(tokenizer, text: str, text_pair: str | None = None, *, mask_side: Mas
         tok = np.flatnonzero(seq == s)
         spans = [m.span() for m in _WORD.finditer(t)]
         word_of = _tie_tokens_to_words([offsets[i] for i in tok], spans)
+        for i, w in zip(tok, word_of, strict=True):
+            if offsets[i][1] > spans[w][1]:  # never with a tokenizer that splits on spaces
+                raise ValueError(f"{type(tokenizer).__name__} makes one token of {t[offsets[i][0]:offsets[i][1]]!r}, "
+                                 "across a word boundary; its words cannot be masked independently")
         by_word: list[list[int]] = [[] for _ in spans]
         for i, w in zip(tok, word_of, strict=True):
             by_word[w].append(int(i))
