@@ -31,7 +31,7 @@ from ranmask_jax.masking import DEFAULT_MIN_KEEP
 from ranmask_jax.models import load_pretrained
 from ranmask_jax.models.pretrained import resolve
 from ranmask_jax.progress import Heartbeat
-from ranmask_jax.smoothing import SmoothedClassifier
+from ranmask_jax.smoothing import SmoothedClassifier, why_uncertifiable
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,7 @@ def smoothed_from_run(cfg: SmoothedRunConfig, local: bool = False) -> tuple[Smoo
     names = meta.get("label_names") or _config_label_names(model_dir, sc.num_labels)
     weights = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("pytorch_model*.bin"))
     settings.update(sampling=cfg.sampling, purifier=cfg.purifier,
-                    empirical_only=not getattr(extra.get("keep_sets"), "certifiable", True) or not getattr(
-                        extra.get("transform"), "deterministic", True))
+                    empirical_only=why_uncertifiable(sc.keep_sets, sc.transform) is not None)
     return sc, {**settings, "label_names": names, "model_fingerprint": fingerprint_files(weights + fingerprints),
                 "mlms": mlms}
 
@@ -371,18 +370,26 @@ def predict_texts(cfg: CertifyConfig) -> list[dict]:
             text, pair = parts[0], (parts[1] if len(parts) == 2 else None)
             key = jax.random.fold_in(root, lineno)
             try:
-                pred = sc.predict(key, text, pair, n=cfg.n, exact_threshold=thr)
+                if cfg.radius:  # label, votes and radius from one certificate
+                    cert = sc.certify(key, text, None, pair, n0=cfg.n0, n=cfg.n, alpha=cfg.alpha, beta=cfg.beta,
+                                      exact_threshold=thr, n_r=cfg.n_r)
+                else:
+                    pred = sc.predict(key, text, pair, n=cfg.n, exact_threshold=thr)
             except ValueError as e:  # empty text, a text with no room beside the special tokens
                 raise DataError(f"{cfg.predict}:{lineno}: {e}") from None
-            row = {"line": lineno, "text": text, "label": names[pred.label], "label_id": pred.label,
-                   "votes": dict(zip(names, pred.counts, strict=True)), "n": pred.n, "h": pred.h, "k": pred.k}
+            if cfg.radius:
+                row = {"line": lineno, "text": text, "label": names[cert.prediction], "label_id": cert.prediction,
+                       "votes": dict(zip(names, cert.counts, strict=True)), "n": cert.n, "h": cert.h, "k": cert.k,
+                       "n0": sum(cert.counts0) if cert.counts0 else 0, "radius": cert.radius,
+                       "beta_mode": cert.beta_mode, "beta": cert.beta, "radius_one": cert.radius_one,
+                       "radius_pc": cert.radius_pc, "p_lower": cert.p_lower, "mode": cert.mode}
+                if cert.radius_mc is not None:
+                    row["radius_mc"] = cert.radius_mc
+            else:
+                row = {"line": lineno, "text": text, "label": names[pred.label], "label_id": pred.label,
+                       "votes": dict(zip(names, pred.counts, strict=True)), "n": pred.n, "h": pred.h, "k": pred.k}
             if pair is not None:
                 row["text_pair"] = pair
-            if cfg.radius:
-                cert = sc.certify(key, text, None, pair, n0=cfg.n0, n=cfg.n, alpha=cfg.alpha, beta=cfg.beta,
-                                  exact_threshold=thr, n_r=cfg.n_r)
-                row.update(radius=cert.radius, radius_one=cert.radius_one, radius_pc=cert.radius_pc,
-                           p_lower=cert.p_lower, mode=cert.mode, certified_label=names[cert.prediction])
             print(json.dumps(row), flush=True)
             results.append(row)
     return results

@@ -235,27 +235,65 @@ def check_max_len(enc: EncodedText, max_len: int) -> None:
 
 
 # ---- device side ------------------------------------------------------------------------------------------------
+def _ranked(noise: jax.Array, h: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Noise values in descending order and the word slot of each, ``[n, W]`` each (padding slots, >= h, last)."""
+    width = noise.shape[1]
+    low = jnp.iinfo(noise.dtype).min if jnp.issubdtype(noise.dtype, jnp.integer) else -jnp.inf
+    return jax.lax.top_k(jnp.where(jnp.arange(width) < h, noise, low), width)
+
+
+def _keep_from_order(order: jax.Array, h: jax.Array, k: jax.Array) -> jax.Array:
+    n, width = order.shape
+    rank = jnp.zeros((n, width), jnp.int32).at[jnp.arange(n)[:, None], order].set(jnp.arange(width, dtype=jnp.int32))
+    return (jnp.arange(width) < h) & (rank < k)
+
+
+def _boundary_tie(vals: jax.Array, h: jax.Array, k: jax.Array) -> jax.Array:
+    width = vals.shape[1]
+    kth = jnp.take(vals, jnp.clip(k - 1, 0, width - 1), axis=1)
+    nxt = jnp.take(vals, jnp.clip(k, 0, width - 1), axis=1)
+    return (k > 0) & (k < h) & (kth == nxt)
+
+
 def keep_from_noise(noise: jax.Array, h: jax.Array, k: jax.Array) -> jax.Array:
     """Keep sets from noise ``[n, W]``: in each row, the k word slots among 0..h-1 with the largest noise, ranked
     by ``lax.top_k`` (equal values are ranked by position), so every row keeps exactly ``min(k, h)`` words."""
-    n, width = noise.shape
-    valid = jnp.arange(width) < h
-    noise = jnp.where(valid, noise, -jnp.inf)  # padding slots rank last
-    _, order = jax.lax.top_k(noise, width)  # [n, W]: word slots by descending noise
-    rows = jnp.arange(n)[:, None]
-    rank = jnp.zeros((n, width), jnp.int32).at[rows, order].set(jnp.arange(width, dtype=jnp.int32))
-    return valid & (rank < k)
+    return _keep_from_order(_ranked(noise, h)[1], h, k)
 
 
-def sample_keep(key: jax.Array, h: jax.Array, k: jax.Array, n: int, width: int) -> jax.Array:
-    """``n`` keep sets, each a uniform k-subset of the words 0..h-1, as bool ``[n, width]``; every row keeps exactly
-    ``min(k, h)`` words.
+def boundary_tie(noise: jax.Array, h: jax.Array, k: jax.Array) -> jax.Array:
+    """``[n]`` bool: rows whose k-th and (k+1)-th largest noise values among the h words are equal, so that
+    ``keep_from_noise`` would decide the kept set by position rather than by the noise."""
+    return _boundary_tie(_ranked(noise, h)[0], h, k)
 
-    Uniform without replacement by ranking i.i.d. uniform noise (``keep_from_noise``); a float32 tie, which has
-    probability ~2^-24 per pair, is broken by position and can never keep an extra word. ``h`` and ``k`` are traced
-    values: one compilation serves every text in a bucket.
+
+NOISE_BITS = 31
+
+
+def sample_keep(key: jax.Array, h: jax.Array, k: jax.Array, n: int, width: int, noise_bits: int = NOISE_BITS
+                ) -> jax.Array:
+    """``n`` keep sets, each an exactly uniform k-subset of the words 0..h-1, as bool ``[n, width]``; every row keeps
+    exactly ``min(k, h)`` words.
+
+    Each row ranks i.i.d. integer noise of ``noise_bits`` random bits and keeps its k largest; a row whose k-th and
+    (k+1)-th values tie is drawn again (from ``fold_in(key, round)``) until none does. The noise is exchangeable and
+    "no tie at the boundary" is an event that does not depend on the order of the words, so conditioned on it the
+    kept set is uniform over the C(h, k) subsets: exactly, not up to float resolution (a float32 uniform takes only
+    2^23 values, and ``top_k`` breaks a tie by position). With 31 bits about one row in 10^6 is redrawn at h = 2000.
+    ``h`` and ``k`` are traced values: one compilation serves every text in a bucket.
     """
-    return keep_from_noise(jax.random.uniform(key, (n, width)), h, k)
+    def draw(i):
+        bits = jax.random.bits(jax.random.fold_in(key, i), (n, width), jnp.uint32)
+        return (bits >> (32 - noise_bits)).astype(jnp.int32)
+
+    def redraw(state):  # the tied rows only, from the next key
+        i, noise, vals, _ = state
+        noise = jnp.where(_boundary_tie(vals, h, k)[:, None], draw(i), noise)
+        return i + 1, noise, *_ranked(noise, h)
+
+    noise = draw(0)
+    state = jax.lax.while_loop(lambda s: _boundary_tie(s[2], h, k).any(), redraw, (1, noise, *_ranked(noise, h)))
+    return _keep_from_order(state[3], h, k)
 
 
 def build_masked(token_ids: jax.Array, token_type_ids: jax.Array, word_index: jax.Array, first_of_word: jax.Array,
@@ -351,4 +389,4 @@ class UniformKeepSets:
         return keep
 
 
-_sample_jit = jax.jit(sample_keep, static_argnames=("n", "width"))
+_sample_jit = jax.jit(sample_keep, static_argnames=("n", "width", "noise_bits"))

@@ -81,6 +81,19 @@ STREAM_CHUNK = 1 << 14
 IN_FLIGHT = 32
 
 
+def why_uncertifiable(keep_sets, transform) -> str | None:
+    """Why Theorem 1's certificate does not cover this smoothed classifier, or None when it does: the keep sets must
+    be uniform k-subsets (``keep_sets.certifiable``) and the base classifier, copy transform included, a function
+    of the masked copy alone. A transform is random unless it declares ``transform.deterministic = True``: with a
+    random one, every distinct copy is classified once and weighted by its multiplicity, so the votes are not
+    independent draws and no confidence bound holds."""
+    if not getattr(keep_sets, "certifiable", False):
+        return f"{type(keep_sets).__name__} keep sets are not uniform k-subsets"
+    if transform is not None and not getattr(transform, "deterministic", False):
+        return "the copy transform is random beyond the keep set (it does not declare deterministic = True)"
+    return None
+
+
 def copy_bucket(n: int, max_len: int) -> int:
     """Fine length buckets for masked copies: multiples of 8 up to 64, of 16 up to 128, of 32 up to 256, then of
     64; at least 16, at most ``max_len``."""
@@ -162,6 +175,7 @@ class SmoothedClassifier:
         self.tokenizer, self.keep_sets, self.batch_size, self.max_len = tokenizer, keep_sets, batch_size, max_len
         self.rho, self.min_keep = getattr(keep_sets, "rho", None), getattr(keep_sets, "min_keep", None)
         self.mask_side, self.texts_per_batch, self.num_labels = mask_side, texts_per_batch, num_labels
+        self.transform = transform
         self.mask_id, self.pad_id = int(tokenizer.mask_token_id), int(tokenizer.pad_token_id)
         self._params = distributed.replicate(params, self.mesh)
         self._t_params = distributed.replicate(transform_params, self.mesh) if transform is not None else None
@@ -401,9 +415,10 @@ class SmoothedClassifier:
             raise ValueError(f"beta must be 'pc', 'one' or 'mc', got {beta!r}")
         if beta == "mc" and n_r < 1:
             raise ValueError(f"Monte Carlo beta needs n_r >= 1 perturbation sets, got {n_r}")
-        if not getattr(self.keep_sets, "certifiable", False):
-            raise ValueError(f"{type(self.keep_sets).__name__} keep sets have no certificate (Theorem 1 assumes "
-                             "uniform keep sets); use predict for empirical robustness")
+        why = why_uncertifiable(self.keep_sets, self.transform)
+        if why is not None:
+            raise ValueError(f"no certificate: {why}, and Theorem 1 assumes uniform keep sets and a deterministic "
+                             "base classifier; use predict for empirical robustness")
         for label in labels:
             if label is not None and not 0 <= label < self.num_labels:
                 raise ValueError(f"label {label} out of range for {self.num_labels} classes")

@@ -105,7 +105,12 @@ def test_predict_from_stdin(trained_run):  # noqa: F811
     rows = [json.loads(x) for x in res.stdout.strip().splitlines()]
     assert [r["line"] for r in rows] == [1, 2]
     for r in rows:
-        assert r["label"] in ("neg", "pos") and sum(r["votes"].values()) == r["n"] and "radius" in r
+        assert r["label"] in ("neg", "pos") and sum(r["votes"].values()) == r["n"]
+        assert r["n0"] == (0 if r["mode"] == "exact" else 10)
+        # one certificate gives the label, the votes and the radius: the label is the class whose bound certifies
+        assert r["beta_mode"] == "pc" and r["radius"] == r["radius_pc"] and r["radius_one"] <= r["radius_pc"]
+        if r["radius_one"] >= 0:
+            assert r["p_lower"] > 0.5 and max(r["votes"], key=r["votes"].get) == r["label"]
 
 
 def test_accuracy_only(trained_run, tiny_setup, tmp_path):  # noqa: F811

@@ -12,6 +12,7 @@ from scipy import stats
 
 from ranmask_jax.masking import (
     ALWAYS,
+    boundary_tie,
     bucket,
     build_masked,
     check_max_len,
@@ -89,6 +90,29 @@ def test_sampler_uniform_over_positions_and_subsets():
     index = {s: i for i, s in enumerate(itertools.combinations(range(h), k))}  # all C(6, 3) = 20 equally likely
     ids = np.array([index[tuple(np.flatnonzero(row))] for row in keep])
     assert stats.chisquare(np.bincount(ids, minlength=len(index))).pvalue > 1e-3
+
+
+def _subset_pvalue(keep, h, k):
+    index = {s: i for i, s in enumerate(itertools.combinations(range(h), k))}
+    ids = np.array([index[tuple(np.flatnonzero(row[:h]))] for row in keep])
+    return stats.chisquare(np.bincount(ids, minlength=len(index))).pvalue
+
+
+def test_sampler_exactly_uniform_when_the_noise_ties():
+    """Ties are redrawn, not broken by position: with noise of 2 random bits (4 values, ties in most rows) the kept
+    sets are still uniform over all C(h, k) subsets, where ranking the same kind of noise with ``top_k``'s position
+    rule is far from uniform (the first words win every tie)."""
+    h, k, n = 6, 3, 40000
+    coarse = np.asarray(jax.jit(sample_keep, static_argnames=("n", "width", "noise_bits"))(
+        jax.random.key(4), h, k, n=n, width=16, noise_bits=2))
+    assert (coarse.sum(axis=1) == k).all()
+    assert _subset_pvalue(coarse, h, k) > 1e-3
+    noise = jax.random.randint(jax.random.key(4), (n, 16), 0, 4)
+    by_position = np.asarray(keep_from_noise(noise, h, k))
+    assert np.asarray(boundary_tie(noise, h, k)).mean() > 0.3
+    assert _subset_pvalue(by_position, h, k) < 1e-12  # the check can fail: the position rule is caught
+    # and at a realistic size the sampler never leaves a boundary tie behind (it redraws those rows)
+    assert (np.asarray(_sample(5, 2000, 200, 2000, width=2048)).sum(axis=1) == 200).all()
 
 
 def test_sampler_deterministic_for_a_key():

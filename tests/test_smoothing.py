@@ -193,9 +193,30 @@ def test_non_uniform_keep_sets_have_no_certificate(bert_tokenizer):
 
     sc = SmoothedClassifier.from_logits_fn(lambda p, i, a, t: jnp.zeros((i.shape[0], 2)), None, bert_tokenizer,
                                            Weighted(0.5), num_labels=2)
-    with pytest.raises(ValueError, match="Weighted keep sets have no certificate"):
+    with pytest.raises(ValueError, match="Weighted keep sets are not uniform"):
         sc.certify(jax.random.key(0), "a b c", None)
     assert sc.predict(jax.random.key(0), "a b c", n=5).n == 3  # C(3, 2) = 3 keep sets, enumerated
+
+
+def test_a_random_copy_transform_has_no_certificate(bert_tokenizer):
+    """A transform that draws from its key (a sampled refill, or noise) makes f random beyond the keep set; the
+    engine refuses to certify it unless it declares itself deterministic."""
+    def noisy(t_params, key, ids, attn, types):
+        flip = jax.random.bernoulli(key, 0.5, ids.shape) & (attn > 0) & (ids > 999)
+        return jnp.where(flip, ids + 1, ids), attn, types
+
+    def first_token_parity(p, ids, attn, types):
+        odd = (ids[:, 1] % 2).astype(jnp.float32)
+        return jnp.stack([1 - odd, odd], -1)
+
+    text = " ".join(f"w{i}" for i in range(30))
+    sc = SmoothedClassifier.from_logits_fn(first_token_parity, None, bert_tokenizer, UniformKeepSets(0.1),
+                                           num_labels=2, transform=noisy, transform_params=None)
+    with pytest.raises(ValueError, match="copy transform is random"):
+        sc.certify(jax.random.key(0), text, None, n0=20, n=100, beta="one")
+    assert sc.predict(jax.random.key(0), text, n=50).n == 50  # empirical use stays open
+    noisy.deterministic = True  # a transform's own declaration is what the engine trusts
+    assert sc.certify(jax.random.key(0), text, None, n0=20, n=100, beta="one").n == 100
 
 
 def test_small_calls_use_small_batches(smoothed):

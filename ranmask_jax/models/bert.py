@@ -346,8 +346,12 @@ class MaskedLM(nnx.Module):
         h = self.encoder(input_ids, attention_mask, token_type_ids)
         if positions is not None:
             h = h.reshape(-1, h.shape[-1])[positions]
+        return self.decode(h)
+
+    def decode(self, h: jax.Array) -> jax.Array:
+        """Vocabulary logits ``[..., V]`` (float32) of encoder states ``[..., D]``."""
         h = self.LayerNorm(self.act(self.transform(h)))
-        logits = self.encoder.embeddings.word_embeddings.attend(h)  # [B, T, V]
+        logits = self.encoder.embeddings.word_embeddings.attend(h)
         return logits.astype(jnp.float32) + self.bias[...]
 
 
