@@ -270,15 +270,21 @@ def test_kill_during_start_up_loses_no_row(trained_run, tiny_setup, tmp_path):  
     full = (out / "certify.jsonl").read_text()
     kept = "".join(full.splitlines(keepends=True)[:4])
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    for delay, sig in ((0.3, signal.SIGKILL), (1.5, signal.SIGINT), (3.0, signal.SIGKILL)):
+    lock = out / "certify.jsonl.lock"
+    for sig in (signal.SIGKILL, signal.SIGINT):
         (out / "certify.jsonl").write_text(kept)
         argv = [sys.executable, str(ROOT / "certify.py"), *_certify_argv(trained_run, tiny_setup, out)]
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
+        # the window this test is about: the run holds the lock and has opened its rows, and has written none yet
+        deadline = time.monotonic() + 120
+        while f"pid {proc.pid}," not in (lock.read_text() if lock.exists() else "") and proc.poll() is None:
+            assert time.monotonic() < deadline, "the run never took its lock"
+            time.sleep(0.001)
         proc.send_signal(sig)
+        at_kill = (out / "certify.jsonl").read_text()
         proc.wait()
-        now = (out / "certify.jsonl").read_text()
-        assert now.startswith(kept), (delay, sig)
+        assert proc.returncode != 0 and at_kill == kept, (sig, proc.returncode)  # the kill hit that window
+        assert (out / "certify.jsonl").read_text().startswith(kept), sig
     res = run_cli("certify.py", _certify_argv(trained_run, tiny_setup, out))
     assert res.returncode == 0, res.stderr[-2000:]
     strip = lambda text: [{k: v for k, v in json.loads(x).items() if k != "seconds"}  # noqa: E731

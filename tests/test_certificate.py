@@ -133,15 +133,21 @@ def _exact(words, k):
     return subsets, votes
 
 
-def test_theorem1_and_rigorous_radius_exhaustive():
-    h, k = 6, 3
+@pytest.mark.parametrize(("h", "k", "reach"), [(7, 2, 1), (5, 1, 2)])
+def test_theorem1_and_rigorous_radius_exhaustive(h, k, reach):
+    """Theorem 1 with its exact beta, and the beta = 1 radius from exact p, against every text over a 3-letter
+    alphabet. (h, k) are chosen so that radii up to ``reach`` occur (at h 6, k 3 no radius >= 1 is possible, so a
+    test there would check x alone), and the test requires that they do."""
     texts = list(itertools.product(ALPHABET, repeat=h))
     p1 = {}
     for x in texts:
         _, votes = _exact(x, k)
         p1[x] = Fraction(sum(votes), len(votes))
     rng = np.random.default_rng(0)
-    for idx in rng.choice(len(texts), size=60, replace=False):
+    extreme = [i for i, x in enumerate(texts) if p1[x] >= Fraction(9, 10) or p1[x] <= Fraction(1, 10)]
+    chosen = list(rng.choice(len(texts), size=30, replace=False)) + list(rng.choice(extreme, size=30, replace=False))
+    radii = []
+    for idx in chosen:
         x = texts[idx]
         subsets, votes = _exact(x, k)
         c = int(p1[x] > Fraction(1, 2))
@@ -157,10 +163,11 @@ def test_theorem1_and_rigorous_radius_exhaustive():
         # Corollary with beta = 1: the rigorous radius (p exact) is never broken
         cert = certificate_from_counts(c, np.bincount(votes, minlength=2), np.bincount(votes, minlength=2),
                                        h, k, 0.05, "one", exact=True)
-        for xp in texts:
-            d = sum(a != b for a, b in zip(x, xp, strict=True))
-            if d <= cert.radius:
-                assert (p1[xp] > Fraction(1, 2)) == (c == 1), (x, xp, cert.radius)
+        radii.append(cert.radius)
+        broken = [xp for xp in texts if sum(a != b for a, b in zip(x, xp, strict=True)) <= cert.radius
+                  and (p1[xp] > Fraction(1, 2)) != (c == 1)]
+        assert not broken, (x, cert.radius, broken[:3])
+    assert max(radii) >= reach, radii  # radii that say something were checked
 
 
 def test_pc_beta_is_not_a_guarantee():

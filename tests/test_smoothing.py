@@ -1,4 +1,6 @@
-"""The smoothed classifier on a (tiny, random) model: exact mode, sampling, dedup, compilation, devices."""
+"""The smoothed classifier: exact mode, sampling, dedup, ensembles, compilation, devices. The statistical checks use
+a base classifier whose votes split between the classes (``tests.classifiers.BagOfWords``) and assert that they do;
+the compilation checks use the tiny transformer."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +20,7 @@ from flax import nnx
 from ranmask_jax.masking import UniformKeepSets, bucket
 from ranmask_jax.models import build_model, tiny
 from ranmask_jax.smoothing import ABSTAIN, SmoothedClassifier, dedup
+from tests.classifiers import BagOfWords
 
 
 def tiny_classifier(tokenizer, num_labels=2, seed=0):
@@ -26,16 +30,22 @@ def tiny_classifier(tokenizer, num_labels=2, seed=0):
 
 @pytest.fixture(scope="module")
 def smoothed(bert_tokenizer):
-    return SmoothedClassifier(tiny_classifier(bert_tokenizer), bert_tokenizer, rho=0.4, batch_size=64, max_len=64)
+    return SmoothedClassifier(BagOfWords(len(bert_tokenizer)), bert_tokenizer, rho=0.4, batch_size=64, max_len=64)
 
 
 TEXT5 = "a gripping and warm ride"  # h = 5, k = 3, C(5, 3) = 10
+TEXT = "the movie was a gripping , funny and warm ride"
+
+
+def split(counts) -> bool:
+    """Both classes got votes: a check on these votes compares something."""
+    return min(counts) > 0
 
 
 def test_exact_mode_enumerates_every_keep_set_once(smoothed):
     cert = smoothed.certify(jax.random.key(0), TEXT5, label=0, n0=100, n=1000)
     assert cert.mode == "exact" and (cert.h, cert.k) == (5, 3) and cert.n == math.comb(5, 3)
-    assert sum(cert.counts) == 10
+    assert sum(cert.counts) == 10 and split(cert.counts)
     enc = smoothed.encode(TEXT5)
     keep = smoothed.enumerate_keep_sets(enc)
     assert len({tuple(r) for r in keep}) == 10 and (keep.sum(axis=1) == 3).all()
@@ -47,7 +57,7 @@ def test_sampling_converges_to_exact(smoothed):
     exact = smoothed.predict(jax.random.key(1), TEXT5, n=1000)
     sampled = smoothed.predict(jax.random.key(1), TEXT5, n=4000, exact_threshold=0)
     p, phat = exact.scores[0], sampled.scores[0]
-    assert sampled.n == 4000 and exact.n == 10
+    assert sampled.n == 4000 and exact.n == 10 and split(exact.counts)
     assert abs(phat - p) <= 4 * math.sqrt(max(p * (1 - p), 1e-4) / 4000)
 
 
@@ -59,6 +69,7 @@ def test_distinct_copies_classified_once(smoothed):
     # multiplicity-weighted votes and sums equal those over all copies
     once, every = smoothed.votes([(enc, uniq, weights), (enc, keep, np.ones(len(keep)))], row_labels=True)
     np.testing.assert_array_equal(once.counts, every.counts)
+    assert split(once.counts)
     np.testing.assert_allclose(once.logit_sum, every.logit_sum, rtol=1e-5)
     np.testing.assert_array_equal(np.bincount(once.row_labels, weights=weights, minlength=2).astype(int),
                                   once.counts)
@@ -66,9 +77,10 @@ def test_distinct_copies_classified_once(smoothed):
 
 def test_same_key_same_certificate(smoothed):
     text = "the movie was a gripping , funny and warm ride with lovely actors"
-    a = smoothed.certify(jax.random.key(3), text, label=1, n0=50, n=300)
-    b = smoothed.certify(jax.random.key(3), text, label=1, n0=50, n=300)
-    assert a == b and a.mode == "sampled"
+    a = smoothed.certify(jax.random.key(3), text, label=None, n0=50, n=300)
+    b = smoothed.certify(jax.random.key(3), text, label=None, n0=50, n=300)
+    assert a == b and a.mode == "sampled" and split(a.counts)
+    assert smoothed.certify(jax.random.key(4), text, label=None, n0=50, n=300).counts != a.counts
     enc = smoothed.encode(text)
     s3, s4 = smoothed.sample(jax.random.key(3), enc, 50), smoothed.sample(jax.random.key(4), enc, 50)
     assert not np.array_equal(s3, s4)
@@ -94,7 +106,7 @@ def test_compile_once_per_bucket(bert_tokenizer):
 
 
 def test_many_texts_in_one_call_equal_one_at_a_time(bert_tokenizer):
-    sc = SmoothedClassifier(tiny_classifier(bert_tokenizer), bert_tokenizer, rho=0.4, batch_size=64, max_len=24,
+    sc = SmoothedClassifier(BagOfWords(len(bert_tokenizer)), bert_tokenizer, rho=0.4, batch_size=64, max_len=24,
                             texts_per_batch=3)
     texts = ["the movie was a gripping , funny and warm ride", "a dull mess", " ".join(f"w{i}" for i in range(40)),
              "Season grades for every college football team this fall .", "ok", "a b c d e f g h"]
@@ -102,10 +114,12 @@ def test_many_texts_in_one_call_equal_one_at_a_time(bert_tokenizer):
     together = sc.certify_many(keys, texts, [None] * len(texts), n0=30, n=200, exact_threshold=20)
     alone = [sc.certify(k, t, None, n0=30, n=200, exact_threshold=20) for k, t in zip(keys, texts, strict=True)]
     assert together == alone
+    assert sum(split(c.counts) for c in together) >= 3  # the votes compared are not constants
     preds = sc.predict_many(keys, texts, n=50, ensemble="logit")
     for k, t, p in zip(keys, texts, preds, strict=True):
         q = sc.predict(k, t, n=50, ensemble="logit")
         assert p.counts == q.counts and np.allclose(p.scores, q.scores, atol=1e-5)
+    assert sum(split(p.counts) for p in preds) >= 3
 
 
 def test_host_copy_lengths_match_the_device(bert_tokenizer, roberta_tokenizer):
@@ -223,23 +237,51 @@ def test_small_calls_use_small_batches(smoothed):
     assert [smoothed.batch_rows(m) for m in (1, 10, 16, 17, 40, 64, 500)] == [16, 16, 16, 32, 64, 64, 64]
 
 
-def test_predict_ensembles_and_abstain(smoothed):
-    text = "the movie was a gripping , funny and warm ride"
-    for ens in ("vote", "logit", "prob"):
-        pr = smoothed.predict(jax.random.key(5), text, n=200, ensemble=ens)
-        assert len(pr.scores) == 2 and pr.label in (0, 1)
-    pr = smoothed.predict(jax.random.key(5), text, n=200, alpha=1e-300)
-    assert pr.label == ABSTAIN and pr.p_value is not None
+def test_predict_ensembles_and_abstain(smoothed, bert_tokenizer):
+    """Each ensemble against an independent computation: every keep set (exact mode), each copy written as a string
+    with the mask token in place of its masked words, tokenized and classified by the model directly."""
+    import itertools
+
+    words = TEXT5.split()
+    model = BagOfWords(len(bert_tokenizer))  # the fixture's weights (same seed)
+    logits = []
+    for kept in itertools.combinations(range(len(words)), 3):
+        copy = " ".join(w if i in kept else bert_tokenizer.mask_token for i, w in enumerate(words))
+        enc = bert_tokenizer(copy, return_tensors="np")
+        logits.append(np.asarray(model(jnp.asarray(enc["input_ids"]), jnp.asarray(enc["attention_mask"])))[0])
+    logits = np.array(logits, np.float64)  # [10, 2]
+    votes = np.bincount(logits.argmax(1), minlength=2)
+    assert split(votes)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    want = {"vote": votes / 10, "logit": logits.mean(0), "prob": probs.mean(0)}
+    for ens, scores in want.items():
+        pr = smoothed.predict(jax.random.key(5), TEXT5, n=200, ensemble=ens)
+        assert pr.n == 10 and pr.counts == tuple(votes)
+        np.testing.assert_allclose(pr.scores, scores, rtol=1e-5, atol=1e-6)
+        assert pr.label == int(np.argmax(scores))
+    # abstain: sampled votes split near evenly are not separated at any sensible level; a lopsided text is
+    near = smoothed.predict(jax.random.key(5), TEXT, n=200, alpha=0.05, exact_threshold=0)
+    shares = np.array(near.counts) / 200
+    assert near.p_value is not None
+    assert (near.label == ABSTAIN) == (near.p_value > 0.05)
+    assert smoothed.predict(jax.random.key(5), TEXT, n=200, alpha=1e-300, exact_threshold=0).label == ABSTAIN
+    if shares.max() >= 0.65:
+        assert near.label == int(np.argmax(near.counts))
     with pytest.raises(ValueError, match="ensemble"):
-        smoothed.predict(jax.random.key(5), text, ensemble="mean")
+        smoothed.predict(jax.random.key(5), TEXT, ensemble="mean")
 
 
 def test_mc_beta_certificate_runs_and_is_bounded(smoothed):
-    text = "the movie was a gripping , funny and warm ride"
-    pc = smoothed.certify(jax.random.key(6), text, label=0, n0=50, n=400, beta="pc", exact_threshold=0)
-    mc = smoothed.certify(jax.random.key(6), text, label=0, n0=50, n=400, beta="mc", exact_threshold=0, n_r=50)
-    assert pc.counts == mc.counts and mc.beta_mode == "mc"
-    assert 0.0 <= mc.beta <= 1.0
+    """Monte Carlo beta on a text whose estimation votes split, certified for g's own class: beta strictly between
+    0 and 1, and a radius between the rigorous one (beta = 1) and h."""
+    text = "it 's not the worst thing , but it is n't good either"  # about 3 : 1 votes
+    pc = smoothed.certify(jax.random.key(6), text, label=None, n0=50, n=400, beta="pc", exact_threshold=0)
+    mc = smoothed.certify(jax.random.key(6), text, label=None, n0=50, n=400, beta="mc", exact_threshold=0, n_r=50)
+    assert not mc.skipped_estimation and mc.n == 400 and split(mc.counts)
+    assert pc.counts == mc.counts and mc.beta_mode == "mc" and mc.prediction == pc.prediction
+    assert mc.p_lower > 0.5 and 0.0 < mc.beta < 1.0
+    assert mc.radius_one <= mc.radius_mc <= (mc.h if mc.p_lower > 0.5 else -1)
 
 
 def test_label_out_of_range(smoothed):
@@ -249,16 +291,17 @@ def test_label_out_of_range(smoothed):
 
 _MULTI = r"""
 import json, jax, numpy as np
-from flax import nnx
-from ranmask_jax.models import build_model, tiny, load_tokenizer
+from ranmask_jax.models import load_tokenizer
 from ranmask_jax.models.pretrained import _builtin_dir
 from ranmask_jax.smoothing import SmoothedClassifier
+from tests.classifiers import BagOfWords
 tok = load_tokenizer(_builtin_dir("minilm-l6"))
-model = build_model(tiny(vocab_size=len(tok), max_position_embeddings=128), rngs=nnx.Rngs(0))
-sc = SmoothedClassifier(model, tok, rho=0.3, batch_size=64, max_len=64)
-text = "the movie was a gripping , funny and warm ride with lovely actors"
-cert = sc.certify(jax.random.key(3), text, label=1, n0=50, n=300)
-print(json.dumps({"devices": len(jax.devices()), "counts": cert.counts, "radius": cert.radius}))
+sc = SmoothedClassifier(BagOfWords(len(tok)), tok, rho=0.4, batch_size=64, max_len=64)
+texts = ["it 's not the worst thing , but it is n't good either", "the movie was a gripping , funny and warm ride"]
+certs = sc.certify_many([jax.random.key(3), jax.random.key(4)], texts, [None, None], n0=50, n=300)
+logit = sc.predict(jax.random.key(5), texts[0], n=300, ensemble="logit", exact_threshold=0)
+print(json.dumps({"devices": len(jax.devices()), "counts": [c.counts for c in certs],
+                  "radius": [c.radius_one for c in certs], "scores": logit.scores}))
 """
 
 
@@ -266,8 +309,11 @@ def test_eight_devices_match_one():
     out = {}
     for n in (1, 8):
         env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}", JAX_PLATFORMS="cpu")
-        res = subprocess.run([sys.executable, "-c", _MULTI], env=env, capture_output=True, text=True, timeout=300)
+        res = subprocess.run([sys.executable, "-c", _MULTI], env=env, capture_output=True, text=True, timeout=300,
+                             cwd=Path(__file__).parent.parent)
         assert res.returncode == 0, res.stderr[-2000:]
         out[n] = json.loads(res.stdout.strip().splitlines()[-1])
     assert out[1]["devices"] == 1 and out[8]["devices"] == 8
+    assert all(split(c) for c in out[1]["counts"])  # the votes compared are not constants
     assert out[1]["counts"] == out[8]["counts"] and out[1]["radius"] == out[8]["radius"]
+    np.testing.assert_allclose(out[1]["scores"], out[8]["scores"], rtol=1e-5)
