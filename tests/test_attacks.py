@@ -316,6 +316,19 @@ def test_attack_run_end_to_end_and_resume(trained_run, tiny_setup, tmp_path, ens
             assert row["final_prediction"] != row["label"] and row["words_changed"] >= 1
         if ensemble == "none":
             assert row["recheck_prediction"] == row["final_prediction"]
+    # the attack has something to do, and does it: rows attacked, some fooled (the model beats chance)
+    assert sum(r["status"] != "skipped" for r in rows) >= 2
+    if ensemble == "none":
+        assert any(r["status"] == "succeeded" for r in rows)
+        # the final prediction recomputed outside the attack, from the perturbed text alone
+        from ranmask_jax import load_pretrained
+        from ranmask_jax.smoothing import SmoothedClassifier
+
+        model, tok, _ = load_pretrained(trained_run)
+        sc = SmoothedClassifier(model, tok, 0.3, max_len=32)
+        attacked = [r for r in rows if r["status"] != "skipped"]
+        again = sc.base_logits([r["perturbed_text"] for r in attacked]).argmax(1)
+        assert [r["final_prediction"] for r in attacked] == again.tolist()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n"] == 4 and summary["skipped"] + summary["failed"] + summary["succeeded"] == 4
     attacked = summary["failed"] + summary["succeeded"]
@@ -419,3 +432,54 @@ def test_attack_resumes_on_retrained_weights_only_if_they_answer_the_same(traine
     assert r.returncode == 2 and "answer differently" in r.stderr and "logits" in r.stderr
     assert "Traceback" not in r.stderr
     assert len((out / "attack.jsonl").read_text().splitlines()) == 4
+
+
+def test_textfooler_recipe_deletes_for_importance_and_picks_the_most_similar(tiny_wordnet):
+    """TextFooler as assembled by its recipe, on tiny resources: importance by deleting each word (the probes sent
+    to the model are the text minus one word), the sentence constraint on a 15-word window of the current text at
+    threshold 0.840845, and among the successful swaps of the winning step the MOST SIMILAR one, not the one that
+    lowers the score most."""
+    from attacks.recipes import textfooler
+
+    words = WORDS[:8] + ["good"] + WORDS[8:14]  # 15 words ... then 5 more: longer than the window
+    words += ["kilo", "lima", "mike", "oscar", "papa"]
+    original = AttackText.from_string(" ".join(words))
+    nb = Neighbours(["good", "bad", "fine", "movie"], np.array([[1.0, 0], [0.9, 0.2], [0.95, 0.1], [0, 1.0]]))
+
+    class Enc:  # "fine" and "bad" at these angles (rad) from the reference
+        def __init__(self, fine, bad):
+            self.seen, self.fine, self.bad = [], fine, bad
+
+        def encode(self, texts):
+            texts = list(texts)
+            self.seen += texts
+            a = np.array([self.fine * ("fine" in t.split()) + self.bad * ("bad" in t.split()) for t in texts])
+            return np.stack([np.cos(a), np.sin(a)], 1)
+
+    calls = []
+
+    def scorer(texts):  # class 1 while "good" is there; "bad" lowers it most, "fine" less; each word matters a bit
+        calls.append(list(texts))
+        out = []
+        for t in texts:
+            w = t.split()
+            p1 = 0.9 if "good" in w else 0.1 if "bad" in w else 0.4 if "fine" in w else 0.45
+            out.append(p1 - 0.001 * (20 - len(w)) - 0.0001 * sum(len(x) for x in w) / 100)
+        p1 = np.array(out)
+        return np.stack([1 - p1, p1], 1)
+
+    # both pass 0.840845 (angular 0.968 and 0.904): the more similar "fine", though "bad" lowers the score most;
+    # "fine" at 0.6 rad (0.809) is below the threshold: "bad"
+    for fine_angle, want in ((0.1, "fine"), (0.6, "bad")):
+        enc = Enc(fine_angle, 0.3)
+        recipe = textfooler(neighbours=nb, wordnet=tiny_wordnet, encoder=enc)
+        calls.clear()
+        out = greedy_wir(original, 1, Queries(scorer), recipe, np.random.default_rng(0))
+        assert out.status == "succeeded" and out.text.words[8] == want and out.text.words_changed(original) == 1
+        probes = calls[1]
+        assert all(len(p.split()) == len(words) - 1 for p in probes)  # deletions, one word each
+        assert " ".join(words[:8] + words[9:]) in probes  # the deletion of "good" was probed
+        assert calls[2] and all(len(t.split()) == len(words) for t in calls[2])  # "good" is attacked first
+        # the similarity read 15-word windows around word 8 of the current text, never the whole text
+        assert enc.seen and all(len(t.split()) == 15 for t in enc.seen)
+        assert original.window(8, 15) in enc.seen

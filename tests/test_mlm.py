@@ -217,3 +217,16 @@ def test_attack_run_binds_the_masked_lm_of_its_candidates(trained_run, mlm_run, 
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "the attack's masked LM changed" in res.stderr and "attack masked LM's token losses" in res.stderr
     assert (out / "attack.jsonl").read_text() == rows
+    # BERT-Attack's constraints hold on what it wrote, recomputed here: at most 40% of the words changed, and
+    # sentence-encoder cosine >= 0.2 to the original text
+    from attacks.resources import SentenceEncoder
+
+    written = [json.loads(x) for x in rows.splitlines()]
+    attacked = [r for r in written if r["status"] != "skipped"]
+    assert attacked and any(r["words_changed"] >= 1 for r in attacked)
+    enc = SentenceEncoder()
+    for r in attacked:
+        before, after = r["text"].split(), r["perturbed_text"].split()
+        assert sum(a != b for a, b in zip(before, after, strict=True)) == r["words_changed"] <= 0.4 * len(before)
+        e = enc.encode([r["text"], r["perturbed_text"]])
+        assert float(e[0] @ e[1]) >= 0.2 - 1e-6

@@ -47,8 +47,9 @@ def tiny_setup(tmp_path_factory):
             "dev": str(write_rule_data(d / "dev.jsonl", 24, 1)), "dir": d}
 
 
-TINY_RUN = {"rho": 0.3, "batch_size": 8, "epochs": 2, "max_len": 32, "checkpoint_every": 4, "log_every": 2,
-            "eval_n": 4, "eval_examples": 6, "lr": 1e-3}
+# 96 steps: enough for the tiny model to learn the rule (at 16 steps it answered one class for every text)
+TINY_RUN = {"rho": 0.3, "batch_size": 8, "epochs": 12, "max_len": 32, "checkpoint_every": 8, "log_every": 8,
+            "eval_n": 4, "eval_examples": 6, "lr": 3e-3}
 
 
 def _settings(setup, out) -> dict:
@@ -87,20 +88,44 @@ def _weights(run):
     return load_file(Path(run) / "model" / "model.safetensors")
 
 
+def assert_same_training(a: dict, b: dict, atol: float = 1e-4) -> None:
+    """Two runs' weights agree up to float reordering over 96 steps. The attention key biases are left out: the
+    softmax ignores them, so their exact gradient is zero and Adam turns the rounding noise of a zero into steps
+    of the learning rate's size -- they drift apart on any change of summation order and mean nothing."""
+    assert a.keys() == b.keys()
+    for k in a:
+        if not k.endswith("attention.self.key.bias"):
+            np.testing.assert_allclose(a[k], b[k], atol=atol, err_msg=k)
+
+
 def test_run_directory_contents(trained_run):
     from ranmask_jax import load_pretrained
 
     for name in ("train_config.json", "metrics.jsonl", "ranmask_run.json", "model/config.json"):
         assert (trained_run / name).exists(), name
     rows = [json.loads(x) for x in (trained_run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if "loss" in r] == [2, 4, 6, 8, 10, 12, 14, 16]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(8, 97, 8))
     evals = [r for r in rows if "dev_masked_accuracy" in r]
-    assert [r["step"] for r in evals] == [8, 16] and all("dev_smoothed_accuracy" in r for r in evals)
+    assert [r["step"] for r in evals] == list(range(8, 97, 8)) and all("dev_smoothed_accuracy" in r for r in evals)
     assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
     model, tok, cfg = load_pretrained(trained_run)
     assert cfg.num_labels == 2
     meta = json.loads((trained_run / "ranmask_run.json").read_text())
     assert meta["rho"] == 0.3 and meta["label_names"] == ["neg", "pos"]
+
+
+def test_the_trained_fixture_beats_chance(trained_run, tiny_setup):
+    """The run the certify and attack tests use has learned its rule: on all 24 dev texts the plain model is right
+    at least 20 times (chance: p = 0.001), so an attack on it has something to flip."""
+    from ranmask_jax import load_pretrained
+    from ranmask_jax.smoothing import SmoothedClassifier
+
+    model, tok, _ = load_pretrained(trained_run)
+    rows = [json.loads(x) for x in Path(tiny_setup["dev"]).read_text().splitlines()]
+    sc = SmoothedClassifier(model, tok, 0.3, max_len=32)
+    pred = sc.base_logits([r["text"] for r in rows]).argmax(1)
+    right = int(sum(p == ["neg", "pos"].index(r["label"]) for p, r in zip(pred, rows, strict=True)))
+    assert right >= 20, right
 
 
 def kill_after_checkpoint(args: list[str], out: Path, step: int = 4) -> None:
@@ -118,9 +143,9 @@ def kill_after_checkpoint(args: list[str], out: Path, step: int = 4) -> None:
 
 def test_kill_and_resume_reproduces_uninterrupted_run(tiny_setup, trained_run):
     out = tiny_setup["dir"] / "run_b"
-    kill_after_checkpoint(train_args(tiny_setup, out), out)
+    kill_after_checkpoint(train_args(tiny_setup, out), out, step=8)
     steps_done = max(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
-    assert steps_done < 16, "the run finished before it could be killed"
+    assert steps_done < 96, "the run finished before it could be killed"
     res = run_cli("train.py", train_args(tiny_setup, out))
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"resumed {out} from step" in res.stderr
@@ -140,9 +165,7 @@ def test_eight_devices_match_one(tiny_setup, trained_run):
     res = run_cli("train.py", train_args(tiny_setup, out),
                   env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
     assert res.returncode == 0, res.stderr[-3000:]
-    a, b = _weights(trained_run), _weights(out)
-    for k in a:
-        np.testing.assert_allclose(a[k], b[k], atol=2e-5, err_msg=k)
+    assert_same_training(_weights(trained_run), _weights(out))
 
 
 def free_port() -> int:
@@ -179,9 +202,7 @@ def test_two_processes_train_like_one(tiny_setup, trained_run):
         for k in ("loss", "accuracy", "dev_masked_accuracy", "dev_smoothed_accuracy"):
             if k in a:
                 assert b[k] == pytest.approx(a[k], abs=2e-5), (a["step"], k)
-    a, b = _weights(trained_run), _weights(out)
-    for k in a:
-        np.testing.assert_allclose(a[k], b[k], atol=2e-5, err_msg=k)
+    assert_same_training(_weights(trained_run), _weights(out))
 
 
 def test_changed_config_is_refused(tiny_setup, trained_run):
