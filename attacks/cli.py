@@ -8,11 +8,11 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     from attacks.run import AttackConfig
-    from ranmask_jax.cli import _parse, _run, _setup_logging
+    from ranmask_jax.cli import parse_config, run_command, setup_logging
 
-    cfg = _parse(AttackConfig, argv, "python -m attacks",
+    cfg = parse_config(AttackConfig, argv, "python -m attacks",
                  "Attack a trained model, plain or smoothed, with DeepWordBug, TextFooler or BERT-Attack.")
-    _setup_logging()
+    setup_logging()
     from pathlib import Path
 
     from attacks.run import attack_dataset
@@ -23,4 +23,4 @@ def main(argv: list[str] | None = None) -> int:
         print((out / "table.md").read_text())
         print(f"results in {out}/: attack.jsonl, summary.json, table.md", file=sys.stderr)
 
-    return _run(run, cfg)
+    return run_command(run, cfg)

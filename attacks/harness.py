@@ -3,12 +3,11 @@ sum to 1); the harness counts queries (one text scored = one query), enforces an
 optionally caches answers per distinct text.
 
 Scorers here: ``plain_scorer`` (the base classifier's softmax on the unmasked text) and ``smoothed_scorer`` (the
-smoothed classifier g over ``n`` masked copies per query: vote shares, softmax of the mean raw logits, or the mean
-softmax probabilities). A smoothed scorer is random: by default every query draws fresh copies (its key is
-``fold_in(root, query number)``), so asking twice about the same text can give two answers, as it does for a
-deployed randomized defense. ``cache=True`` answers each distinct text once per attacked example and reuses the
-answer, as TextAttack's goal-function cache does (which makes a randomized defense look deterministic to the
-attacker).
+smoothed classifier g over ``n`` masked copies per query, scored by a rule of ``ranmask_jax.ensembles``). A
+smoothed scorer is random: by default every query draws fresh copies (its key is ``fold_in(root, query number)``),
+so asking twice about the same text can give two answers, as it does for a deployed randomized defense.
+``cache=True`` answers each distinct text once per attacked example and reuses the answer, as TextAttack's
+goal-function cache does (which makes a randomized defense look deterministic to the attacker).
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ class Queries:
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         """Scores ``[len(texts), C]``; every text not answered from the cache costs one query. All texts of a
         call go to the scorer in one batch. Raises BudgetExhausted (before scoring) if the call would exceed the
-        budget; a caller may first ``take`` what fits."""
+        budget."""
         texts = list(texts)
         todo = [t for t in dict.fromkeys(texts) if t not in self._memo] if self.cache else texts
         if self.budget is not None and self.count + len(todo) > self.budget:
@@ -51,45 +50,31 @@ class Queries:
                 self._memo[t] = s
         return np.stack([self._memo[t] for t in texts]) if texts else np.zeros((0, 0))
 
-    def room(self) -> int | None:
-        """Queries left (None: no budget)."""
-        return None if self.budget is None else self.budget - self.count
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    z = x - x.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def plain_scorer(sc) -> Scorer:
     """The base classifier f of ``sc`` (a SmoothedClassifier) on the unmasked texts: softmax probabilities."""
+    from ranmask_jax.ensembles import softmax
+
     return lambda texts: softmax(sc.base_logits(list(texts))) if texts else np.zeros((0, sc.num_labels))
 
 
 def smoothed_scorer(sc, key, n: int = 100, ensemble: str = "vote") -> Scorer:
-    """g over ``n`` masked copies per text (``sc``: a SmoothedClassifier). ``ensemble``: "vote" (vote shares),
-    "logit" (softmax of the mean raw logits), "prob" (mean softmax probabilities), or MaskPure's "majority" /
-    "onehot" (``ranmask_jax.purify.vote_modes``). Query q (counted over the scorer's life) draws its copies from
-    ``fold_in(key, q)``: fresh randomness for every query."""
+    """g over ``n`` masked copies per text (``sc``: a SmoothedClassifier), scored by the ``ensemble`` rule of
+    ``ranmask_jax.ensembles``. Query q (counted over the scorer's life) draws its copies from ``fold_in(key, q)``:
+    fresh randomness for every query."""
     import jax
 
-    from ranmask_jax.purify import vote_modes
+    from ranmask_jax import ensembles
 
+    ensembles.check(ensemble)
     state = {"queries": 0}
-    engine_mode = ensemble if ensemble in ("vote", "logit") else "prob"
 
     def score(texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, sc.num_labels))
         keys = [jax.random.fold_in(key, state["queries"] + i) for i in range(len(texts))]
         state["queries"] += len(texts)
-        preds = sc.predict_many(keys, texts, n=n, ensemble=engine_mode)
-        s = np.array([p.scores for p in preds], np.float64)
-        if ensemble == "logit":
-            return softmax(s)
-        if ensemble in ("majority", "onehot"):
-            return np.stack([vote_modes(p.counts, p.scores, ensemble) for p in preds])
-        return s
+        return np.array([p.scores for p in sc.predict_many(keys, texts, n=n, ensemble=ensemble)], np.float64)
 
     return score

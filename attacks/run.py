@@ -18,14 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ranmask_jax import distributed
+from ranmask_jax import distributed, ensembles
 from ranmask_jax.config import SmoothedRunConfig, check_resume_config, opt
 from ranmask_jax.data import DataError
 from ranmask_jax.files import RowFile, fingerprint_files, fingerprint_rows
 
 log = logging.getLogger(__name__)
 
-ENSEMBLES = ("none", "vote", "logit", "prob", "majority", "onehot")
 RESUMABLE_CHANGES = ("data_dir", "batch_size", "num_examples", "limit")
 
 
@@ -41,10 +40,10 @@ class AttackConfig(SmoothedRunConfig):
                                   "nested (a larger limit later extends the same rows, and every cell with the "
                                   "same limit attacks the same texts); none: all")
     seed: int = opt(0, "root seed: the subset, the smoothed copies and the random character edits")
-    ensemble: str = opt("vote", "none (the base model on the plain text), or the smoothed classifier: vote (vote "
-                                "shares), logit (softmax of the mean logits), prob (mean probabilities; MaskPure's "
-                                "'logit'), majority (vote shares, ties to the larger mean probability), onehot "
-                                "(one-hot of that majority class)")
+    ensemble: str = opt("vote", "none (the base model on the plain text), or a rule of the smoothed classifier: "
+                                "vote (vote shares), logit (softmax of the mean logits), prob (mean probabilities; "
+                                "MaskPure's 'logit'), majority (vote shares, ties to the larger mean probability), "
+                                "onehot (one-hot of that majority class)")
     n: int = opt(100, "masked copies per query of the smoothed classifier")
     cache: bool = opt(False, "answer each distinct text once per example (TextAttack's cache: a randomized "
                              "defense then looks deterministic); default: fresh copies for every query")
@@ -60,8 +59,8 @@ class AttackConfig(SmoothedRunConfig):
             raise ValueError(f"unknown recipe {self.recipe!r}; known: {', '.join(RECIPES)}")
         if self.recipe == "bert-attack" and not self.attack_mlm:
             raise ValueError("bert-attack needs --attack-mlm RUN (a masked-LM run: train.py --task mlm)")
-        if self.ensemble not in ENSEMBLES:
-            raise ValueError(f"ensemble must be one of {', '.join(ENSEMBLES)}, got {self.ensemble!r}")
+        if self.ensemble != "none":
+            ensembles.check(self.ensemble)
         if self.ensemble == "none" and (self.sampling != "uniform" or self.purifier):
             raise ValueError("--sampling lm and --purifier act on the smoothed classifier; --ensemble none attacks "
                              "the plain model")
@@ -80,7 +79,7 @@ def build_scorers(cfg: AttackConfig):
     import jax
 
     from attacks.harness import plain_scorer, smoothed_scorer
-    from ranmask_jax.certify import smoothed_from_run
+    from ranmask_jax.runs import smoothed_from_run
 
     sc, settings = smoothed_from_run(cfg)
     root = jax.random.key(cfg.seed)
@@ -131,7 +130,8 @@ def attack_dataset(cfg: AttackConfig) -> dict:
     from attacks.recipes import RECIPES
     from attacks.search import greedy_wir
     from attacks.text import AttackText
-    from ranmask_jax.certify import (
+    from ranmask_jax.progress import Heartbeat
+    from ranmask_jax.runs import (
         limit_indices,
         load_for_run,
         load_mlm,
@@ -140,7 +140,6 @@ def attack_dataset(cfg: AttackConfig) -> dict:
         same_probe,
         select_indices,
     )
-    from ranmask_jax.progress import Heartbeat
 
     out = Path(cfg.out)
     with RowFile(out / "attack.jsonl") as rowfile:
@@ -231,7 +230,7 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def write_summary(out: Path, rows: list[dict], cfg: AttackConfig, settings: dict, params: dict) -> dict:
-    from ranmask_jax.certify import DISPLAY_NAMES
+    from ranmask_jax.runs import DISPLAY_NAMES
 
     s = summarize(rows)
     defense = "plain model" if cfg.ensemble == "none" else (

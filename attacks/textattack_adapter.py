@@ -49,8 +49,8 @@ def wrapper_for_run(run_dir: str, ensemble: str = "vote", n: int = 100, seed: in
     import jax
 
     from attacks.harness import plain_scorer, smoothed_scorer
-    from ranmask_jax.certify import smoothed_from_run
     from ranmask_jax.config import SmoothedRunConfig
+    from ranmask_jax.runs import smoothed_from_run
 
     sc, _ = smoothed_from_run(SmoothedRunConfig(run_dir=run_dir, **flags))
     scorer = plain_scorer(sc) if ensemble == "none" else smoothed_scorer(sc, jax.random.key(seed), n, ensemble)

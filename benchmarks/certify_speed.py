@@ -42,11 +42,11 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     import transformers as tf
 
-    from ranmask_jax.certify import select_indices
     from ranmask_jax.data import load_dataset
     from ranmask_jax.masking import copy_lengths
     from ranmask_jax.models import load_pretrained
     from ranmask_jax.models.pretrained import resolve
+    from ranmask_jax.runs import select_indices
     from ranmask_jax.smoothing import SmoothedClassifier, copy_bucket, dedup
 
     model_dir, meta = resolve(args.run_dir)

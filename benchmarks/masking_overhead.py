@@ -1,8 +1,8 @@
 """Share of sampling + masked-copy construction in classifying n masked copies of one text.
 
-For one SST-2-length sentence and MiniLM-L6, times (median of --reps) the whole ``SmoothedClassifier.classify`` of
+For one SST-2-length sentence and MiniLM-L6, times (median of --reps) the whole ``SmoothedClassifier.votes`` of
 n copies, and separately its non-model parts: drawing the n keep sets on the device, the host-side dedup, and
-building the masked token ids for every batch (jitted alone; inside ``classify`` it is fused with the forward).
+building the masked token ids for every batch (jitted alone; inside ``votes`` it is fused with the forward).
 
     python benchmarks/masking_overhead.py --n 5000 --reps 3
 """

@@ -27,11 +27,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n", type=int, default=11, help="masked copies per text")
     args = p.parse_args(argv)
 
-    from ranmask_jax.certify import select_indices
     from ranmask_jax.data import load_dataset
     from ranmask_jax.models import load_pretrained
     from ranmask_jax.models.pretrained import resolve
     from ranmask_jax.purify import mlm_refill
+    from ranmask_jax.runs import select_indices
     from ranmask_jax.smoothing import SmoothedClassifier
 
     _, meta = resolve(args.run_dir)

@@ -40,10 +40,10 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
 
     from attacks.resources import stopwords
-    from ranmask_jax.certify import load_mlm
     from ranmask_jax.files import read_rows
     from ranmask_jax.lm_sampling import LMKeepSets, mlm_word_scores
     from ranmask_jax.masking import encode, sample_keep
+    from ranmask_jax.runs import load_mlm
 
     stop = stopwords("nltk")
     model, tok, _ = load_mlm(a.lm, SimpleNamespace(dtype="float32", allow_pickle=False))

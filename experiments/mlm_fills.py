@@ -25,8 +25,8 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
 
-    from ranmask_jax.certify import load_mlm
     from ranmask_jax.data import load_dataset
+    from ranmask_jax.runs import load_mlm
 
     model, tok, _ = load_mlm(a.run, SimpleNamespace(dtype="float32", allow_pickle=False))
     model.eval()

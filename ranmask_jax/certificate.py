@@ -169,10 +169,6 @@ class Certificate:
     counts0: tuple[int, ...] | None = None  # votes of the selection copies (sampled mode)
     skipped_estimation: bool = False  # the selection copies already picked a wrong class: no estimation copies ran
 
-    @property
-    def certified_rate(self) -> float:
-        return self.radius / self.h if self.radius >= 0 else float("-inf")
-
 
 def certificate_from_counts(label: int | None, counts0: np.ndarray, counts: np.ndarray | None, h: int, k: int,
                             alpha: float, beta_mode: str, *, exact: bool = False, mc_beta=None) -> Certificate:

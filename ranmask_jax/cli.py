@@ -17,13 +17,16 @@ from ranmask_jax.config import CertifyConfig, TrainConfig, add_arguments, from_a
 _EXPECTED = (ValueError, FileNotFoundError, NotADirectoryError, OSError, ImportError)
 
 
-def _setup_logging() -> None:
+def setup_logging() -> None:
+    """Log lines as ``LEVEL name: message`` at ``$RANMASK_LOG`` (default INFO), libraries' chatter at WARNING."""
     logging.basicConfig(level=os.environ.get("RANMASK_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "jax._src.xla_bridge", "orbax", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _run(fn, cfg) -> int:
+def run_command(fn, cfg) -> int:
+    """``fn(cfg)`` as a command: an expected failure is one ``error:`` line and status 2, Ctrl-C status 130; a dict
+    result is printed as JSON. Returns the exit status."""
     try:
         result = fn(cfg)
     except _EXPECTED as e:
@@ -37,9 +40,20 @@ def _run(fn, cfg) -> int:
     return 0
 
 
-def _parse(cls, argv, prog: str, description: str):
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+class _DefaultsOnce(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's default once: appended unless the help text already states it, and never "None"."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, ""):
+            return text
+        return super()._get_help_string(action)
+
+
+def parse_config(cls, argv, prog: str, description: str):
+    """The typed config ``cls`` from command-line flags generated from its fields (``config.add_arguments``); a bad
+    value exits with argparse's one-line usage error."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=_DefaultsOnce)
     add_arguments(parser, cls)
     args = parser.parse_args(argv)
     try:
@@ -49,8 +63,8 @@ def _parse(cls, argv, prog: str, description: str):
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    cfg = _parse(TrainConfig, argv, "train.py", "Train a RanMASK base classifier on randomly masked texts.")
-    _setup_logging()
+    cfg = parse_config(TrainConfig, argv, "train.py", "Train a RanMASK base classifier on randomly masked texts.")
+    setup_logging()
     from ranmask_jax.train import train
 
     def run(c):
@@ -62,17 +76,17 @@ def train_main(argv: list[str] | None = None) -> int:
               f"{out / 'checkpoints'}); certify it with: certify.py --run-dir {out} ...", file=sys.stderr)
         return result
 
-    return _run(run, cfg)
+    return run_command(run, cfg)
 
 
 def certify_main(argv: list[str] | None = None) -> int:
-    cfg = _parse(CertifyConfig, argv, "certify.py",
+    cfg = parse_config(CertifyConfig, argv, "certify.py",
                  "Certify a trained RanMASK run on a dataset split, or classify raw texts with --predict.")
-    _setup_logging()
+    setup_logging()
     from ranmask_jax.certify import certify_dataset, predict_texts
 
     if cfg.predict is not None:
-        return _run(lambda c: predict_texts(c) and None, cfg)
+        return run_command(lambda c: predict_texts(c) and None, cfg)
     summary_fn = certify_dataset
 
     def run(c):
@@ -89,4 +103,4 @@ def certify_main(argv: list[str] | None = None) -> int:
         print(f"results in {out}/: {', '.join(files)}", file=sys.stderr)
         return None
 
-    return _run(run, cfg)
+    return run_command(run, cfg)

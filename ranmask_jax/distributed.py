@@ -95,11 +95,6 @@ def replicate(tree, mesh: Mesh):
     return jax.tree.map(put, tree)
 
 
-def shard_batch(tree, mesh: Mesh):
-    """Split the leading (batch) axis of every array of ``tree`` over the ``data`` axis (one process)."""
-    return jax.device_put(tree, batch_sharded(mesh))
-
-
 def global_batch(local: dict, rows: int, mesh: Mesh) -> dict:
     """Assemble a global batch of ``rows`` rows, split over the ``data`` axis, from this process's contiguous part
     of it (all of it in a one-process run): process i holds rows ``[i * rows / P, (i + 1) * rows / P)``."""

@@ -65,12 +65,6 @@ def bucket(n: int) -> int:
     return max(MIN_BUCKET, 1 << max(int(n) - 1, 0).bit_length())
 
 
-def output_length(n_tokens: int, max_len: int) -> int:
-    """Width of the masked copies of a text of ``n_tokens`` tokens: its bucket, but never more than ``max_len``
-    (a masked copy is never longer than the text, and it is cut to ``max_len``)."""
-    return min(bucket(min(n_tokens, max_len)), max_len)
-
-
 @dataclasses.dataclass(frozen=True)
 class EncodedText:
     """A tokenized text with its maskable word units. Arrays are unpadded numpy, one entry per slot: a token, or a

@@ -79,22 +79,3 @@ def mlm_refill(mlm_model, mlm_tokenizer, classifier_tokenizer, temperature: floa
 
     transform.deterministic = temperature == 0
     return transform, state
-
-
-def vote_modes(counts: np.ndarray, prob_mean: np.ndarray, mode: str) -> np.ndarray:
-    """MaskPure's voting modes from a text's vote counts ``[C]`` and mean softmax probabilities ``[C]``:
-    "logit" (the mean probabilities), "majority" (vote shares; the argmax of tied shares goes to the class with the
-    larger mean probability), "onehot" (one-hot of that majority class)."""
-    counts, prob_mean = np.asarray(counts, np.float64), np.asarray(prob_mean, np.float64)
-    if mode == "logit":
-        return prob_mean
-    shares = counts / max(counts.sum(), 1)
-    top = np.flatnonzero(shares == shares.max())
-    winner = int(top[np.argmax(prob_mean[top])])
-    if mode == "onehot":
-        return np.eye(len(counts))[winner]
-    if mode == "majority":
-        out = shares.copy()
-        out[winner] += 1e-9  # the tie-break, without changing any untied share meaningfully
-        return out / out.sum()
-    raise ValueError(f"voting mode must be logit, majority or onehot, got {mode!r}")

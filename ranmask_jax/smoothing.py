@@ -23,22 +23,19 @@ guarantees.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
 
 import numpy as np
 
+from ranmask_jax import ensembles
 from ranmask_jax.certificate import ABSTAIN, Certificate, binomial_abstain, certificate_from_counts, monte_carlo_beta
 from ranmask_jax.masking import DEFAULT_MIN_KEEP, EncodedText, UniformKeepSets, bucket, copy_lengths
-
-Ensemble = Literal["vote", "logit", "prob"]
-ENSEMBLES = ("vote", "logit", "prob")
 
 
 @dataclasses.dataclass(frozen=True)
 class Prediction:
-    """g(x) for one text. ``scores``: vote shares ("vote"), mean raw logits ("logit") or mean softmax
-    probabilities ("prob") over the copies. ``label`` is ABSTAIN when the binomial test could not separate the
-    top two vote counts at level alpha (only when ``alpha`` was given)."""
+    """g(x) for one text. ``scores``: the ensemble rule's class scores (``ranmask_jax.ensembles``: vote shares,
+    softmax of the mean raw logits, mean probabilities, ...), summing to 1. ``label`` is ABSTAIN when the binomial
+    test could not separate the top two vote counts at level alpha (only when ``alpha`` was given)."""
 
     label: int
     scores: tuple[float, ...]
@@ -63,9 +60,9 @@ class Votes:
         return int(self.counts.sum())
 
     def scores(self, ensemble: str) -> np.ndarray:
-        if ensemble == "vote":
-            return self.counts / max(self.n, 1)
-        return (self.logit_sum if ensemble == "logit" else self.prob_sum) / max(self.n, 1)
+        """The ``ensemble`` rule's class scores (``ranmask_jax.ensembles``)."""
+        n = max(self.n, 1)
+        return ensembles.scores(ensemble, self.counts, self.logit_sum / n, self.prob_sum / n)
 
 
 @dataclasses.dataclass
@@ -357,11 +354,10 @@ class SmoothedClassifier:
 
     # -- the procedures ---------------------------------------------------------------------------------------------
     def predict_many(self, keys, texts: list[str], pairs: list[str | None] | None = None, *, n: int = 1000,
-                     ensemble: Ensemble = "vote", alpha: float | None = None, exact_threshold: int | None = None
+                     ensemble: str = "vote", alpha: float | None = None, exact_threshold: int | None = None
                      ) -> list[Prediction]:
         """g(x) for many texts at once (``keys[i]`` for text i); see ``predict``."""
-        if ensemble not in ENSEMBLES:
-            raise ValueError(f"ensemble must be 'vote', 'logit' or 'prob', got {ensemble!r}")
+        ensembles.check(ensemble)
         pairs = pairs or [None] * len(texts)
         encs = [self.encode(t, p) for t, p in zip(texts, pairs, strict=True)]
         thr = n if exact_threshold is None else exact_threshold
@@ -384,20 +380,20 @@ class SmoothedClassifier:
                                   enc.h, self.keep_count(enc.h), p_value))
         return out
 
-    def predict(self, key, text: str, text_pair: str | None = None, *, n: int = 1000, ensemble: Ensemble = "vote",
+    def predict(self, key, text: str, text_pair: str | None = None, *, n: int = 1000, ensemble: str = "vote",
                 alpha: float | None = None, exact_threshold: int | None = None) -> Prediction:
         """g(x) from ``n`` random masked copies (all C(h, k) keep sets when that is <= ``exact_threshold``, default
-        ``n``). ``ensemble``: "vote" (majority of f's labels), "logit" (argmax of the mean raw logits) or "prob"
-        (argmax of the mean softmax probabilities); copies are weighted by multiplicity. With ``alpha``, returns
+        ``n``). ``ensemble``: a rule of ``ranmask_jax.ensembles`` ("vote", the majority of f's labels; "logit",
+        "prob", "majority", "onehot"); copies are weighted by multiplicity. With ``alpha``, returns
         ABSTAIN unless a binomial test separates the top two vote counts (Cohen et al.'s PREDICT); in exact mode
         the counts are the population itself, so g abstains only when the top two exactly tie."""
         return self.predict_many([key], [text], [text_pair], n=n, ensemble=ensemble, alpha=alpha,
                                  exact_threshold=exact_threshold)[0]
 
     def scores(self, key, texts: list[str], pairs: list[str | None] | None = None, *, n: int = 100,
-               ensemble: Ensemble = "vote") -> np.ndarray:
-        """Scores of g for a batch of texts, ``[len(texts), C]``: vote shares, mean logits or mean probabilities
-        over ``n`` masked copies each (all keep sets when there are at most ``n``); text i uses
+               ensemble: str = "vote") -> np.ndarray:
+        """Scores of g for a batch of texts, ``[len(texts), C]``: the ``ensemble`` rule's scores over ``n`` masked
+        copies each (all keep sets when there are at most ``n``); text i uses
         ``fold_in(key, i)``. The entry point for black-box attacks."""
         import jax
 

@@ -169,12 +169,13 @@ def test_smoothed_scorer_draws_fresh_copies_for_every_query():
         num_labels = 2
 
         def __init__(self):
-            self.keys = []
+            self.keys, self.rules = [], []
 
         def predict_many(self, keys, texts, n, ensemble):
             from ranmask_jax.smoothing import Prediction
 
             self.keys += [tuple(np.asarray(jax.random.key_data(k)).ravel()) for k in keys]
+            self.rules.append(ensemble)
             return [Prediction(0, (0.25, 0.75), (1, 3), 4, 1, 1) for _ in texts]
 
     sc = FakeSmoothed()
@@ -182,8 +183,11 @@ def test_smoothed_scorer_draws_fresh_copies_for_every_query():
     score(["same", "same"])
     score(["same"])
     assert len(set(sc.keys)) == 3
-    logit = smoothed_scorer(sc, jax.random.key(0), n=4, ensemble="logit")(["t"])
-    assert np.allclose(logit.sum(1), 1) and logit[0, 1] > logit[0, 0]
+    for rule in ("logit", "onehot"):  # the rule is the engine's (ranmask_jax.ensembles), asked for by name
+        assert smoothed_scorer(sc, jax.random.key(0), n=4, ensemble=rule)(["t"]).tolist() == [[0.25, 0.75]]
+        assert sc.rules[-1] == rule
+    with pytest.raises(ValueError, match="ensemble must be one of"):
+        smoothed_scorer(sc, jax.random.key(0), ensemble="mean")
 
 
 # -- search -------------------------------------------------------------------------------------------------------
@@ -242,7 +246,7 @@ def test_skipped_when_the_clean_text_is_misclassified():
 
 
 def test_limit_is_a_nested_seeded_subset_of_the_selection():
-    from ranmask_jax.certify import limit_indices, select_indices
+    from ranmask_jax.runs import limit_indices, select_indices
 
     sel = select_indices(7600, 100, 0)
     assert limit_indices(sel, None, 0) is sel and limit_indices(sel, 100, 0) is sel

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from ranmask_jax.models import build_model, tiny
-from ranmask_jax.purify import RefillError, mlm_refill, vote_modes
+from ranmask_jax.purify import RefillError, mlm_refill
 from tests.test_soundness import SINGLE, _check_text, _exact_counts, _smoothed
 
 
@@ -72,17 +72,6 @@ def test_refill_needs_the_same_vocabulary(bert_tokenizer, roberta_tokenizer):
     mlm = build_model(tiny(vocab_size=len(roberta_tokenizer)), "mlm", rngs=nnx.Rngs(0))
     with pytest.raises(RefillError, match="vocabulary"):
         mlm_refill(mlm, roberta_tokenizer, bert_tokenizer)
-
-
-def test_voting_modes_on_constructed_tables():
-    counts, probs = np.array([5, 5, 1]), np.array([0.3, 0.5, 0.2])
-    assert np.allclose(vote_modes(counts, probs, "logit"), probs)
-    maj = vote_modes(counts, probs, "majority")
-    assert maj.argmax() == 1 and np.isclose(maj.sum(), 1) and np.allclose(maj, counts / 11, atol=1e-8)
-    assert vote_modes(counts, probs, "onehot").tolist() == [0, 1, 0]
-    assert vote_modes(np.array([1, 7, 3]), np.array([0.9, 0.05, 0.05]), "onehot").tolist() == [0, 1, 0]
-    with pytest.raises(ValueError, match="voting mode"):
-        vote_modes(counts, probs, "mean")
 
 
 def neighbour_refill(t_params, key, ids, attn, types):

@@ -210,6 +210,23 @@ def test_changed_config_is_refused(tiny_setup, trained_run):
     assert res.returncode == 2 and "different config (seed: 0 -> 3)" in res.stderr
 
 
+def test_help_states_each_default_once(capsys):
+    import re
+
+    from attacks.run import AttackConfig
+    from ranmask_jax.cli import parse_config
+    from ranmask_jax.config import CertifyConfig, TrainConfig
+
+    for cls in (TrainConfig, CertifyConfig, AttackConfig):
+        with pytest.raises(SystemExit):
+            parse_config(cls, ["--help"], "prog", "description")
+        text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        entries = re.split(r" (?=--[a-z])", text)
+        assert len(entries) > 15
+        for entry in entries:
+            assert entry.count("default") <= 1 and "(default: None)" not in entry, entry
+
+
 def test_cli_errors_are_one_line(tiny_setup, tmp_path):
     res = run_cli("train.py", ["--out-dir", str(tmp_path / "x"), "--dataset", str(tmp_path / "missing.jsonl"),
                                "--model", tiny_setup["model"]])
@@ -386,7 +403,7 @@ def test_changed_weights_resume_only_when_they_answer_the_same(tmp_path):
 
 
 def test_probes_compare_every_model_the_run_kept():
-    from ranmask_jax.certify import same_probe
+    from ranmask_jax.runs import same_probe
 
     stored = {"model_probe": [[0.0, 1.0]], "mlm_probe": {"lm": [[2.0, 3.0]], "purifier": [[4.0]]}}
     assert same_probe(stored, [[0.0, 1.001]], mlm_now={"lm": [[2.0, 3.0]], "purifier": [[4.005]]}) == pytest.approx(

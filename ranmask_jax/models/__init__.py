@@ -1,7 +1,6 @@
 """Flax NNX BERT/RoBERTa models, HF checkpoint conversion and the public loader."""
 
 from ranmask_jax.models.bert import (
-    PRESETS,
     Encoder,
     MaskedLM,
     ModelConfig,
@@ -16,6 +15,6 @@ from ranmask_jax.models.params import CheckpointError
 from ranmask_jax.models.pretrained import export_pretrained, load_pretrained, load_tokenizer
 
 __all__ = [
-    "PRESETS", "CheckpointError", "Encoder", "MaskedLM", "ModelConfig", "SequenceClassifier", "bert_base",
+    "CheckpointError", "Encoder", "MaskedLM", "ModelConfig", "SequenceClassifier", "bert_base",
     "build_model", "export_pretrained", "load_pretrained", "load_tokenizer", "minilm_l6", "roberta_base", "tiny",
 ]

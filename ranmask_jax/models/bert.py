@@ -167,7 +167,6 @@ def tiny(arch: Arch = "bert", **kw: Any) -> ModelConfig:
     return ModelConfig(arch=arch, **{**base, **kw})
 
 
-PRESETS = {"bert-base": bert_base, "roberta-base": roberta_base, "minilm-l6": minilm_l6, "tiny": tiny}
 
 
 # ---- modules ----------------------------------------------------------------------------------------------------
