@@ -31,7 +31,7 @@ import functools
 import itertools
 import math
 import re
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -346,11 +346,30 @@ def copy_lengths(enc: EncodedText, keep: np.ndarray, max_len: int) -> np.ndarray
     return enc.num_specials + a_keep + b_keep
 
 
+@runtime_checkable
+class KeepSets(Protocol):
+    """A keep-set distribution: the one object that sampling, certification and training read.
+
+    ``k(h)``: words each copy keeps of h; ``size(h)``: how many keep sets there are (``inf``: never enumerated, so
+    no exact mode); ``sample_text(key, enc, n, width)``: n keep sets of a text, bool ``[n, width]`` on the device;
+    ``certifiable``: whether Theorem 1's certificate assumes exactly this distribution. A finite ``size`` needs
+    ``enumerate(h, width)``; training needs ``sample_traced(key, h, k, n, width)`` (h, k traced, under jit).
+    """
+
+    certifiable: bool
+
+    def k(self, h: int) -> int: ...
+
+    def size(self, h: int) -> float: ...
+
+    def sample_text(self, key: jax.Array, enc: EncodedText, n: int, width: int) -> jax.Array: ...
+
+
 @dataclasses.dataclass(frozen=True)
 class UniformKeepSets:
     """The keep-set distribution of RanMASK: a uniform k_x-subset of the h_x words, k_x = ``keep_count``. The
-    sampler, the exact enumeration and the certificate all read it, so they cannot drift apart; ``certifiable``
-    says that Theorem 1's certificate assumes exactly this distribution."""
+    sampler, the exact enumeration, training and the certificate all read it, so they cannot drift apart;
+    ``certifiable`` says that Theorem 1's certificate assumes exactly this distribution."""
 
     rho: float
     min_keep: int = DEFAULT_MIN_KEEP
@@ -369,6 +388,12 @@ class UniformKeepSets:
     def sample(self, key: jax.Array, h: int, n: int, width: int) -> jax.Array:
         """``n`` keep sets ``[n, width]`` on the device; one compilation per (n, width)."""
         return _sample_jit(key, h, self.k(h), n=n, width=width)
+
+    @staticmethod
+    def sample_traced(key: jax.Array, h: jax.Array, k: jax.Array, n: int, width: int) -> jax.Array:
+        """``sample_keep`` with h and k (= ``k(h)``, computed on the host) as traced values, for use under jit and
+        vmap (training masks every example of a batch in one step)."""
+        return sample_keep(key, h, k, n, width)
 
     def sample_text(self, key: jax.Array, enc: EncodedText, n: int, width: int) -> jax.Array:
         """``n`` keep sets of ``enc``'s words (the uniform distribution reads only h)."""

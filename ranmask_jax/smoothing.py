@@ -28,7 +28,7 @@ import numpy as np
 
 from ranmask_jax import ensembles
 from ranmask_jax.certificate import ABSTAIN, Certificate, binomial_abstain, certificate_from_counts, monte_carlo_beta
-from ranmask_jax.masking import DEFAULT_MIN_KEEP, EncodedText, UniformKeepSets, bucket, copy_lengths
+from ranmask_jax.masking import DEFAULT_MIN_KEEP, EncodedText, KeepSets, UniformKeepSets, bucket, copy_lengths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +157,9 @@ class SmoothedClassifier:
         from ranmask_jax import distributed
         from ranmask_jax.masking import build_masked
 
+        if not isinstance(keep_sets, KeepSets):
+            raise TypeError(f"keep_sets must follow masking.KeepSets (k, size, sample_text, certifiable), got "
+                            f"{type(keep_sets).__name__}")
         if tokenizer.mask_token_id is None or tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer needs a mask token and a pad token")
         if mask_side not in ("first", "second", "both"):

@@ -30,7 +30,7 @@ from flax import nnx
 from ranmask_jax import distributed
 from ranmask_jax.config import TrainConfig, check_resume_config
 from ranmask_jax.data import DataError, Dataset, is_file_dataset, load_dataset
-from ranmask_jax.masking import PAD, EncodedText, bucket, build_masked, check_max_len, encode, keep_count, sample_keep
+from ranmask_jax.masking import PAD, EncodedText, UniformKeepSets, bucket, build_masked, check_max_len, encode
 from ranmask_jax.models import export_pretrained, load_pretrained
 from ranmask_jax.models.pretrained import RUN_META
 from ranmask_jax.progress import Heartbeat
@@ -88,6 +88,11 @@ class EncodedSet:
         return {**out, "h": self.h[idx], "k": self.k[idx], "labels": self.labels[idx]}
 
 
+def train_keep_sets(cfg: TrainConfig) -> UniformKeepSets:
+    """The keep sets training draws from: the uniform k_x-subsets that certification assumes (same rho, min_keep)."""
+    return UniformKeepSets(cfg.rho, cfg.min_keep)
+
+
 def encode_dataset(ds: Dataset, tokenizer, cfg: TrainConfig) -> EncodedSet:
     encs: list[EncodedText] = []
     for e in ds.examples:
@@ -104,20 +109,21 @@ def encode_dataset(ds: Dataset, tokenizer, cfg: TrainConfig) -> EncodedSet:
     return EncodedSet(
         slots={name: np.concatenate([getattr(e, attr) for e in encs]) for name, attr in fields.items()},
         starts=np.concatenate([[0], np.cumsum([len(e.token_ids) for e in encs])]).astype(np.int64),
-        h=h, k=np.array([keep_count(int(x), cfg.rho, cfg.min_keep) for x in h], np.int32),
+        h=h, k=np.array([train_keep_sets(cfg).k(int(x)) for x in h], np.int32),
         labels=np.array([e.label for e in ds.examples], np.int32))
 
 
-def mask_batch(key: jax.Array, batch: dict, mask_id: int, pad_id: int, max_len: int):
+def mask_batch(key: jax.Array, batch: dict, keep_sets: UniformKeepSets, mask_id: int, pad_id: int, max_len: int):
     """One fresh masked copy per example, cut to ``max_len`` after masking: ``(input_ids, token_type_ids,
-    attention_mask)``, each ``[B, min(T, max_len)]``. Example i uses ``fold_in(key, i)``, so the masks do not
+    attention_mask)``, each ``[B, min(T, max_len)]``. Each copy keeps ``batch["k"]`` words drawn by ``keep_sets``
+    (``sample_traced``; k was computed by the same object). Example i uses ``fold_in(key, i)``, so the masks do not
     depend on how the batch is split over devices."""
     b, t = batch["token_ids"].shape
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(b))
     text_fields = ("token_ids", "token_type_ids", "word_index", "first_of_word", "has_token", "segment")
 
     def one(k, h, kk, *arrays):
-        keep = sample_keep(k, h, kk, 1, t)  # [1, T]
+        keep = keep_sets.sample_traced(k, h, kk, 1, t)  # [1, T]
         out = build_masked(*arrays, keep=keep, mask_id=mask_id, pad_id=pad_id, max_len=max_len,
                            out_len=min(t, max_len))
         return tuple(o[0] for o in out)
@@ -221,7 +227,8 @@ class Trainer:
     # -- jitted functions ------------------------------------------------------------------------------------------
     def _step(self, params, opt_state, rest, batch, key):
         k_mask, k_drop = jax.random.split(key)
-        ids, types, attn = mask_batch(k_mask, batch, self.mask_id, self.pad_id, self.cfg.max_len)
+        ids, types, attn = mask_batch(k_mask, batch, train_keep_sets(self.cfg), self.mask_id, self.pad_id,
+                                      self.cfg.max_len)
         model = nnx.merge(self.graphdef, params, rest)
         nnx.reseed(model, dropout=k_drop)  # dropout keys from (seed, step): a resumed run repeats them
 
@@ -270,7 +277,8 @@ class Trainer:
         return mlm.recovery_counts(logits, batch["input_ids"], selected)
 
     def _masked_logits(self, params, rest, batch, key):
-        ids, types, attn = mask_batch(key, batch, self.mask_id, self.pad_id, self.cfg.max_len)
+        ids, types, attn = mask_batch(key, batch, train_keep_sets(self.cfg), self.mask_id, self.pad_id,
+                                      self.cfg.max_len)
         return nnx.merge(self.eval_graphdef, params, rest)(ids, attn, types)
 
     def _device_batch(self, data: EncodedSet, idx: np.ndarray) -> dict:

@@ -210,6 +210,9 @@ def test_non_uniform_keep_sets_have_no_certificate(bert_tokenizer):
     with pytest.raises(ValueError, match="Weighted keep sets are not uniform"):
         sc.certify(jax.random.key(0), "a b c", None)
     assert sc.predict(jax.random.key(0), "a b c", n=5).n == 3  # C(3, 2) = 3 keep sets, enumerated
+    with pytest.raises(TypeError, match="masking.KeepSets"):  # not a keep-set distribution at all
+        SmoothedClassifier.from_logits_fn(lambda p, i, a, t: jnp.zeros((i.shape[0], 2)), None, bert_tokenizer, 0.5,
+                                          num_labels=2)
 
 
 def test_a_random_copy_transform_has_no_certificate(bert_tokenizer):

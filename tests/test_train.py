@@ -260,18 +260,19 @@ def test_non_finite_loss_stops_the_run(tiny_setup, tmp_path, monkeypatch):
 def test_mask_batch_keeps_k_words_and_rho_zero_keeps_all(bert_tokenizer):
     from ranmask_jax.config import TrainConfig
     from ranmask_jax.data import Dataset, Example
-    from ranmask_jax.train import encode_dataset, mask_batch
+    from ranmask_jax.train import encode_dataset, mask_batch, train_keep_sets
 
     long_text = " ".join(f"w{i}" for i in range(40))  # 40 words, 80 tokens: longer than max_len
     ds = Dataset("x", "train", [Example("a b c d e f g h i j", 0), Example("one two three", 1),
                                 Example("zero \u200b width", 0), Example(long_text, 1)], ["n", "p"], "x")
     pad, mask = bert_tokenizer.pad_token_id, bert_tokenizer.mask_token_id
     for rho, kept in ((0.0, [10, 3, 3, 40]), (0.5, [5, 2, 2, 20])):  # min_keep 2: h = 3 keeps 2, not 1
-        enc = encode_dataset(ds, bert_tokenizer, TrainConfig(out_dir="unused", rho=rho, max_len=16))
+        cfg = TrainConfig(out_dir="unused", rho=rho, max_len=16)
+        enc = encode_dataset(ds, bert_tokenizer, cfg)
         assert enc.h.tolist() == [10, 3, 3, 40] and enc.k.tolist() == kept
         batch = enc.batch(np.arange(4), pad)
         assert batch["token_ids"].shape == (4, 128)  # the whole text (82 slots) in its bucket
-        ids, _, attn = mask_batch(jax.random.key(0), batch, mask, pad, 16)
+        ids, _, attn = mask_batch(jax.random.key(0), batch, train_keep_sets(cfg), mask, pad, 16)
         ids, attn = np.asarray(ids), np.asarray(attn)
         assert ids.shape == (4, 16)
         masks = (ids == mask).sum(axis=1)
