@@ -43,11 +43,12 @@ def main(argv: list[str] | None = None) -> dict:
     import transformers as tf
 
     from ranmask_jax.data import load_dataset
+    from ranmask_jax.engine import copy_bucket, dedup
     from ranmask_jax.masking import copy_lengths
     from ranmask_jax.models import load_pretrained
     from ranmask_jax.models.pretrained import resolve
     from ranmask_jax.runs import select_indices
-    from ranmask_jax.smoothing import SmoothedClassifier, copy_bucket, dedup
+    from ranmask_jax.smoothing import SmoothedClassifier
 
     model_dir, meta = resolve(args.run_dir)
     model, tok, _ = load_pretrained(args.run_dir)

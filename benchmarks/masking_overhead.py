@@ -29,8 +29,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     from ranmask_jax import load_pretrained
     from ranmask_jax.distributed import pad_rows
+    from ranmask_jax.engine import dedup
     from ranmask_jax.masking import bucket, build_masked, copy_lengths
-    from ranmask_jax.smoothing import SmoothedClassifier, dedup
+    from ranmask_jax.smoothing import SmoothedClassifier
 
     model, tok, _ = load_pretrained("minilm-l6", num_labels=2)
     sc = SmoothedClassifier(model, tok, rho=args.rho, batch_size=args.batch_size, max_len=128)

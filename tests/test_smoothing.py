@@ -169,6 +169,7 @@ def test_any_jittable_classifier_and_a_copy_transform(bert_tokenizer):
 def test_estimation_streams_in_passes(bert_tokenizer, monkeypatch):
     """n beyond STREAM_CHUNK is drawn in passes (pass c from fold_in(key, c)); the votes equal a host count over
     exactly those keep sets, for every beta; with one pass the key itself is used."""
+    import ranmask_jax.engine as engine
     import ranmask_jax.smoothing as smoothing
 
     three = bert_tokenizer.convert_tokens_to_ids("three")
@@ -192,7 +193,7 @@ def test_estimation_streams_in_passes(bert_tokenizer, monkeypatch):
     hits, misses = host_votes([sc.sample(est, enc, 50)])
     assert one.counts == (misses, hits)
     monkeypatch.setattr(smoothing, "STREAM_CHUNK", 64)
-    monkeypatch.setattr(smoothing, "IN_FLIGHT", 1)
+    monkeypatch.setattr(engine, "IN_FLIGHT", 1)
     for beta in ("pc", "mc"):
         cert = sc.certify(key, text, None, n0=20, n=200, exact_threshold=0, beta=beta, n_r=20)
         hits, misses = host_votes([sc.sample(jax.random.fold_in(est, c), enc, m)
