@@ -152,8 +152,188 @@ def epoch_order(seed: int, epoch: int, n: int, lengths: np.ndarray | None = None
     return np.concatenate([batches.reshape(-1), order[full:]])
 
 
+class ClassifierTask:
+    """Masked training of the RanMASK base classifier: one fresh masked copy of each text per step (uniform keep
+    sets, ``train_keep_sets``), cross-entropy; evaluated by the accuracy of f on one masked copy per dev text and of
+    g (a vote over ``eval_n`` copies) on the first ``eval_examples``; the kept model is the best by the latter."""
+
+    name = "classification"
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg, self.keep_sets = cfg, train_keep_sets(cfg)
+        self._eval_logits = self._smoothed = None
+
+    def check(self, train_ds: Dataset) -> None:
+        if train_ds.num_labels < 2:
+            raise DataError(f"{train_ds.source}: the training data has {train_ds.num_labels} label "
+                            f"({', '.join(train_ds.label_names)}); a classifier needs at least two")
+
+    def model_kwargs(self, train_ds: Dataset) -> dict:
+        return {"num_labels": train_ds.num_labels}
+
+    def encode(self, ds: Dataset, tokenizer) -> EncodedSet:
+        return encode_dataset(ds, tokenizer, self.cfg)
+
+    def inputs(self, tr: Trainer, batch: dict, key: jax.Array) -> tuple[tuple, jax.Array, dict]:
+        """(the model's inputs, the dropout key, extra metrics) of one training step."""
+        k_mask, k_drop = jax.random.split(key)
+        return mask_batch(k_mask, batch, self.keep_sets, tr.mask_id, tr.pad_id, self.cfg.max_len), k_drop, {}
+
+    def loss(self, model, inputs: tuple, batch: dict) -> tuple[jax.Array, dict]:
+        ids, types, attn = inputs
+        logits = model(ids, attn, types)  # [B, C]
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
+        return loss, {"accuracy": (logits.argmax(-1) == batch["labels"]).mean()}
+
+    def evaluate(self, tr: Trainer) -> dict:
+        """Dev accuracy of f on one masked copy per text, and of g (vote over ``eval_n`` copies) on a fixed
+        subset."""
+        cfg = self.cfg
+        if self._eval_logits is None:  # gathered on every device, so that each process can read all the logits
+            def masked_logits(params, rest, batch, key):
+                ids, types, attn = mask_batch(key, batch, self.keep_sets, tr.mask_id, tr.pad_id, cfg.max_len)
+                return nnx.merge(tr.eval_graphdef, params, rest)(ids, attn, types)
+
+            self._eval_logits = jax.jit(masked_logits, out_shardings=distributed.replicated(tr.mesh))
+        key = jax.random.fold_in(tr.root, 2**31 - 1)
+        correct = 0
+        n = len(tr.dev)
+        for s in range(0, n, cfg.batch_size):
+            idx = np.arange(s, min(s + cfg.batch_size, n))
+            padded = np.concatenate([idx, np.full(cfg.batch_size - len(idx), idx[0])])
+            batch = tr.device_batch(tr.dev, padded)
+            logits = np.asarray(self._eval_logits(tr.params, tr.rest, batch, jax.random.fold_in(key, s)))
+            correct += int((logits[: len(idx)].argmax(-1) == tr.dev.labels[idx]).sum())
+        res = {"dev_masked_accuracy": correct / n}
+        if cfg.eval_n > 0 and tr.dev_ds is not None:
+            res["dev_smoothed_accuracy"] = self._smoothed_accuracy(tr, key)
+        return res
+
+    def _smoothed_accuracy(self, tr: Trainer, key) -> float:
+        from ranmask_jax.smoothing import SmoothedClassifier
+
+        # several processes: each evaluates the same dev texts on its own devices (same keys, same answer)
+        mesh = tr.mesh if jax.process_count() == 1 else distributed.make_mesh(local=True)
+        params, rest = (tr.params, tr.rest) if mesh is tr.mesh else distributed.to_local((tr.params, tr.rest), mesh)
+        model = nnx.merge(tr.eval_graphdef, params, rest)
+        if self._smoothed is None:  # the copies of many dev texts share each device step
+            bs = distributed.round_up(max(self.cfg.batch_size, 64), mesh.devices.size)
+            self._smoothed = SmoothedClassifier(model, tr.tokenizer, self.cfg.rho, batch_size=bs,
+                                                max_len=self.cfg.max_len, mask_side=self.cfg.mask_side,
+                                                keep_sets=self.keep_sets, mesh=mesh)
+        else:
+            self._smoothed.update_weights(model)
+        exs = tr.dev_ds.examples[: self.cfg.eval_examples]
+        preds = self._smoothed.predict_many([jax.random.fold_in(key, i) for i in range(len(exs))],
+                                            [ex.text for ex in exs], [ex.text_pair for ex in exs], n=self.cfg.eval_n)
+        return sum(p.label == ex.label for p, ex in zip(preds, exs, strict=True)) / len(exs)
+
+    def metric(self) -> str:
+        return "dev_smoothed_accuracy" if self.cfg.eval_n > 0 else "dev_masked_accuracy"
+
+    def score(self, evaluation: dict) -> float:
+        """The dev score that picks the kept model."""
+        return evaluation.get("dev_smoothed_accuracy", evaluation["dev_masked_accuracy"])
+
+    def export(self, tr: Trainer, model, step: int, scores: dict) -> dict:
+        """Write the model; returns the run's ``ranmask_run.json``."""
+        export_pretrained(model, tr.tokenizer, tr.model_cfg.replace(dtype="float32"), tr.out / "model",
+                          label_names=tr.train_ds.label_names)
+        cfg = self.cfg
+        return {"model_dir": "model", "task": "classification", "rho": cfg.rho, "min_keep": cfg.min_keep,
+                "max_len": cfg.max_len, "mask_side": cfg.mask_side, "dataset": cfg.dataset,
+                "label_names": tr.train_ds.label_names, "step": step, "scores": scores, "base_model": cfg.model}
+
+
+class MLMTask:
+    """Masked-LM training (``--task mlm``, for LM-based sampling, MaskPure and BERT-Attack): BERT's 80/10/10
+    corruption of a ``mlm_probability`` share of the tokens (whole words with ``whole_word_mask``), loss on those
+    alone; evaluated by top-1 / top-5 recovery of a fixed selection of dev tokens."""
+
+    name = "mlm"
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self._recovery = None
+
+    def check(self, train_ds: Dataset) -> None:
+        pass
+
+    def model_kwargs(self, train_ds: Dataset) -> dict:
+        return {"head": "mlm"}
+
+    def encode(self, ds: Dataset, tokenizer):
+        from ranmask_jax import mlm
+
+        return mlm.tokenize(ds, tokenizer, self.cfg.max_len)
+
+    def inputs(self, tr: Trainer, batch: dict, key: jax.Array) -> tuple[tuple, jax.Array, dict]:
+        from ranmask_jax import mlm
+
+        k_sel, k_cor, k_drop = jax.random.split(key, 3)
+        selected = mlm.select(k_sel, batch["word_ids"], batch["attention_mask"], self.cfg.mlm_probability,
+                              self.cfg.whole_word_mask)
+        ids = mlm.corrupt(k_cor, batch["input_ids"], selected, tr.mask_id, tr.model_cfg.vocab_size)
+        positions, valid, dropped = mlm.gather_selected(selected, mlm.decode_cap(ids.shape,
+                                                                                 self.cfg.mlm_probability))
+        return (ids, positions, valid), k_drop, {"dropped_tokens": dropped}
+
+    def loss(self, model, inputs: tuple, batch: dict) -> tuple[jax.Array, dict]:
+        from ranmask_jax import mlm
+
+        ids, positions, valid = inputs  # only the selected tokens go through the decoder over the vocabulary
+        logits = model(ids, batch["attention_mask"], batch["token_type_ids"], positions=positions)  # [cap, V]
+        return mlm.mlm_loss(logits, batch["input_ids"].reshape(-1)[positions], valid)
+
+    def evaluate(self, tr: Trainer) -> dict:
+        """Held-out masked-token recovery: a fixed selection of dev tokens (same keys every epoch) all replaced by
+        the mask token; top-1 / top-5 share of their original ids among the model's predictions."""
+        from ranmask_jax import mlm
+
+        cfg = self.cfg
+        if self._recovery is None:
+            def recovery(params, rest, batch, key):
+                selected = mlm.select(key, batch["word_ids"], batch["attention_mask"], cfg.mlm_probability,
+                                      cfg.whole_word_mask)
+                ids = jnp.where(selected, tr.mask_id, batch["input_ids"])
+                logits = nnx.merge(tr.eval_graphdef, params, rest)(ids, batch["attention_mask"],
+                                                                   batch["token_type_ids"])
+                return mlm.recovery_counts(logits, batch["input_ids"], selected)
+
+            self._recovery = jax.jit(recovery, out_shardings=distributed.replicated(tr.mesh))
+        key = jax.random.fold_in(tr.root, 2**31 - 1)
+        totals = np.zeros(3)
+        n = len(tr.dev)
+        for s in range(0, n, cfg.batch_size):
+            idx = np.arange(s, min(s + cfg.batch_size, n))
+            padded = np.concatenate([idx, np.full(cfg.batch_size - len(idx), idx[0])])
+            batch = tr.device_batch(tr.dev, padded)
+            per_row = np.asarray(self._recovery(tr.params, tr.rest, batch, jax.random.fold_in(key, s)))
+            totals += per_row[: len(idx)].sum(0)  # the padding rows do not count
+        return {"dev_masked_tokens": int(totals[0]), "dev_top1": totals[1] / max(totals[0], 1),
+                "dev_top5": totals[2] / max(totals[0], 1)}
+
+    def metric(self) -> str:
+        return "dev_top1"
+
+    def score(self, evaluation: dict) -> float:
+        return evaluation["dev_top1"]
+
+    def export(self, tr: Trainer, model, step: int, scores: dict) -> dict:
+        export_pretrained(model, tr.tokenizer, tr.model_cfg.replace(dtype="float32"), tr.out / "model", head="mlm")
+        cfg = self.cfg
+        return {"model_dir": "model", "task": "mlm", "max_len": cfg.max_len, "dataset": cfg.dataset,
+                "mlm_probability": cfg.mlm_probability, "whole_word_mask": cfg.whole_word_mask, "step": step,
+                "scores": scores, "base_model": cfg.model}
+
+
+TASKS = {"classification": ClassifierTask, "mlm": MLMTask}
+
+
 class Trainer:
-    """Holds the model, optimizer and data of one run; ``run()`` trains (resuming if possible)."""
+    """Holds the model, optimizer and data of one run; ``run()`` trains (resuming if possible). What is trained
+    and how it is evaluated and exported is the task's (``ClassifierTask``, ``MLMTask``); the loop, sharding,
+    checkpoints and metrics are shared."""
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -169,10 +349,8 @@ class Trainer:
         files = {"text_field": cfg.text_field, "pair_field": cfg.pair_field, "label_field": cfg.label_field,
                  "encoding": cfg.encoding, "multiline_fields": cfg.multiline_fields}
         self.train_ds = load_dataset(cfg.dataset, cfg.train_split, cfg.data_dir, **files)
-        self.mlm = cfg.task == "mlm"
-        if not self.mlm and self.train_ds.num_labels < 2:
-            raise DataError(f"{self.train_ds.source}: the training data has {self.train_ds.num_labels} label "
-                            f"({', '.join(self.train_ds.label_names)}); a classifier needs at least two")
+        self.task = TASKS[cfg.task](cfg)
+        self.task.check(self.train_ds)
         self.dev_ds = None
         if cfg.dev_split:
             dev_name = cfg.dev_file or cfg.dataset
@@ -184,21 +362,15 @@ class Trainer:
                                            **files)
         extra = {} if cfg.dropout is None else {"hidden_dropout_prob": cfg.dropout,
                                                  "attention_probs_dropout_prob": cfg.dropout}
-        extra.update({"head": "mlm"} if self.mlm else {"num_labels": self.train_ds.num_labels})
+        extra.update(self.task.model_kwargs(self.train_ds))
         model, self.tokenizer, mcfg = load_pretrained(cfg.model, seed=cfg.seed, allow_pickle=cfg.allow_pickle,
                                                       dtype=cfg.dtype, **extra)
         self.model_cfg = mcfg
         if mcfg.max_positions < cfg.max_len:
             raise ValueError(f"max_len {cfg.max_len} exceeds the model's {mcfg.max_positions} positions")
         self.mask_id, self.pad_id = int(self.tokenizer.mask_token_id), int(self.tokenizer.pad_token_id)
-        if self.mlm:
-            from ranmask_jax import mlm
-
-            self.train = mlm.tokenize(self.train_ds, self.tokenizer, cfg.max_len)
-            self.dev = mlm.tokenize(self.dev_ds, self.tokenizer, cfg.max_len) if self.dev_ds else None
-        else:
-            self.train = encode_dataset(self.train_ds, self.tokenizer, cfg)
-            self.dev = encode_dataset(self.dev_ds, self.tokenizer, cfg) if self.dev_ds else None
+        self.train = self.task.encode(self.train_ds, self.tokenizer)
+        self.dev = self.task.encode(self.dev_ds, self.tokenizer) if self.dev_ds else None
         self.steps_per_epoch = len(self.train) // cfg.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(self.train)} training examples do not fill one batch of {cfg.batch_size}")
@@ -217,141 +389,27 @@ class Trainer:
         self.opt_state = distributed.replicate(self.tx.init(params), self.mesh)
         self.rest = distributed.replicate(self.rest, self.mesh)
         self.root = jax.random.key(cfg.seed)
-        self._train_step = jax.jit(self._mlm_step if self.mlm else self._step, donate_argnums=(0, 1))
-        # gathered on every device, so that each process can read all the logits
-        self._eval_logits = jax.jit(self._masked_logits, out_shardings=distributed.replicated(self.mesh))
-        self.smoothed = None
-        self._recovery = None
+        self._train_step = jax.jit(self._step, donate_argnums=(0, 1))
 
-    # -- config / resume ----------------------------------------------------------------------------------------------
-    # -- jitted functions ------------------------------------------------------------------------------------------
+    # -- one step ----------------------------------------------------------------------------------------------
     def _step(self, params, opt_state, rest, batch, key):
-        k_mask, k_drop = jax.random.split(key)
-        ids, types, attn = mask_batch(k_mask, batch, train_keep_sets(self.cfg), self.mask_id, self.pad_id,
-                                      self.cfg.max_len)
+        inputs, k_drop, extra = self.task.inputs(self, batch, key)
         model = nnx.merge(self.graphdef, params, rest)
         nnx.reseed(model, dropout=k_drop)  # dropout keys from (seed, step): a resumed run repeats them
-
-        def loss_fn(m):
-            logits = m(ids, attn, types)  # [B, C]
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
-            return loss, logits
-
-        (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        (loss, aux), grads = nnx.value_and_grad(lambda m: self.task.loss(m, inputs, batch), has_aux=True)(model)
         updates, opt_state = self.tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        metrics = {"loss": loss, "accuracy": (logits.argmax(-1) == batch["labels"]).mean(),
-                   "grad_norm": optax.tree.norm(grads)}
-        return params, opt_state, metrics
+        return params, opt_state, {"loss": loss, **aux, **extra, "grad_norm": optax.tree.norm(grads)}
 
-    def _mlm_step(self, params, opt_state, rest, batch, key):
-        from ranmask_jax import mlm
-
-        k_sel, k_cor, k_drop = jax.random.split(key, 3)
-        labels = batch["input_ids"]
-        selected = mlm.select(k_sel, batch["word_ids"], batch["attention_mask"], self.cfg.mlm_probability,
-                              self.cfg.whole_word_mask)
-        ids = mlm.corrupt(k_cor, labels, selected, self.mask_id, self.model_cfg.vocab_size)
-        model = nnx.merge(self.graphdef, params, rest)
-        nnx.reseed(model, dropout=k_drop)
-
-        positions, valid, dropped = mlm.gather_selected(selected, mlm.decode_cap(ids.shape,
-                                                                                 self.cfg.mlm_probability))
-
-        def loss_fn(m):  # only the selected tokens go through the decoder over the vocabulary
-            logits = m(ids, batch["attention_mask"], batch["token_type_ids"], positions=positions)  # [cap, V]
-            return mlm.mlm_loss(logits, labels.reshape(-1)[positions], valid)
-
-        (loss, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-        updates, opt_state = self.tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": loss, **aux, "dropped_tokens": dropped, "grad_norm": optax.tree.norm(grads)}
-
-    def _mlm_recovery(self, params, rest, batch, key):
-        from ranmask_jax import mlm
-
-        selected = mlm.select(key, batch["word_ids"], batch["attention_mask"], self.cfg.mlm_probability,
-                              self.cfg.whole_word_mask)
-        ids = jnp.where(selected, self.mask_id, batch["input_ids"])
-        logits = nnx.merge(self.eval_graphdef, params, rest)(ids, batch["attention_mask"], batch["token_type_ids"])
-        return mlm.recovery_counts(logits, batch["input_ids"], selected)
-
-    def _masked_logits(self, params, rest, batch, key):
-        ids, types, attn = mask_batch(key, batch, train_keep_sets(self.cfg), self.mask_id, self.pad_id,
-                                      self.cfg.max_len)
-        return nnx.merge(self.eval_graphdef, params, rest)(ids, attn, types)
-
-    def _device_batch(self, data: EncodedSet, idx: np.ndarray) -> dict:
+    def device_batch(self, data, idx: np.ndarray) -> dict:
         """The global batch of texts ``idx`` split over the mesh; each process builds only its own rows, padded to
         the bucket of the longest text of the whole batch."""
         t = bucket(int(data.lengths[idx].max()))
         local = data.batch(idx[distributed.local_rows(len(idx))], self.pad_id, length=t)
         return distributed.global_batch(local, len(idx), self.mesh)
 
-    # -- evaluation ------------------------------------------------------------------------------------------------
     def evaluate(self) -> dict:
-        return self._evaluate_mlm() if self.mlm else self._evaluate_classifier()
-
-    def _evaluate_mlm(self) -> dict:
-        """Held-out masked-token recovery: a fixed selection of dev tokens (same keys every epoch) all replaced by
-        the mask token; top-1 / top-5 share of their original ids among the model's predictions."""
-        if self._recovery is None:
-            self._recovery = jax.jit(self._mlm_recovery, out_shardings=distributed.replicated(self.mesh))
-        key = jax.random.fold_in(self.root, 2**31 - 1)
-        totals = np.zeros(3)
-        n = len(self.dev)
-        for s in range(0, n, self.cfg.batch_size):
-            idx = np.arange(s, min(s + self.cfg.batch_size, n))
-            padded = np.concatenate([idx, np.full(self.cfg.batch_size - len(idx), idx[0])])
-            batch = self._device_batch(self.dev, padded)
-            per_row = np.asarray(self._recovery(self.params, self.rest, batch, jax.random.fold_in(key, s)))
-            totals += per_row[: len(idx)].sum(0)  # the padding rows do not count
-        return {"dev_masked_tokens": int(totals[0]), "dev_top1": totals[1] / max(totals[0], 1),
-                "dev_top5": totals[2] / max(totals[0], 1)}
-
-    def score(self, evaluation: dict) -> float:
-        """The dev score that picks the kept model."""
-        if self.mlm:
-            return evaluation["dev_top1"]
-        return evaluation.get("dev_smoothed_accuracy", evaluation["dev_masked_accuracy"])
-
-    def _evaluate_classifier(self) -> dict:
-        """Dev accuracy of f on one masked copy per text, and of g (vote over ``eval_n`` copies) on a fixed subset."""
-        assert self.dev is not None
-        cfg = self.cfg
-        key = jax.random.fold_in(self.root, 2**31 - 1)
-        correct = 0
-        n = len(self.dev)
-        for s in range(0, n, cfg.batch_size):
-            idx = np.arange(s, min(s + cfg.batch_size, n))
-            padded = np.concatenate([idx, np.full(cfg.batch_size - len(idx), idx[0])])
-            batch = self._device_batch(self.dev, padded)
-            logits = np.asarray(self._eval_logits(self.params, self.rest, batch, jax.random.fold_in(key, s)))
-            correct += int((logits[: len(idx)].argmax(-1) == self.dev.labels[idx]).sum())
-        res = {"dev_masked_accuracy": correct / n}
-        if cfg.eval_n > 0 and self.dev_ds is not None:
-            res["dev_smoothed_accuracy"] = self._smoothed_accuracy(key)
-        return res
-
-    def _smoothed_accuracy(self, key) -> float:
-        from ranmask_jax.smoothing import SmoothedClassifier
-
-        # several processes: each evaluates the same dev texts on its own devices (same keys, same answer)
-        mesh = self.mesh if jax.process_count() == 1 else distributed.make_mesh(local=True)
-        params, rest = (self.params, self.rest) if mesh is self.mesh else \
-            distributed.to_local((self.params, self.rest), mesh)
-        model = nnx.merge(self.eval_graphdef, params, rest)
-        if self.smoothed is None:  # the copies of many dev texts share each device step
-            bs = distributed.round_up(max(self.cfg.batch_size, 64), mesh.devices.size)
-            self.smoothed = SmoothedClassifier(model, self.tokenizer, self.cfg.rho, batch_size=bs,
-                                               max_len=self.cfg.max_len, mask_side=self.cfg.mask_side,
-                                               min_keep=self.cfg.min_keep, mesh=mesh)
-        else:
-            self.smoothed.update_weights(model)
-        exs = self.dev_ds.examples[: self.cfg.eval_examples]
-        preds = self.smoothed.predict_many([jax.random.fold_in(key, i) for i in range(len(exs))],
-                                           [ex.text for ex in exs], [ex.text_pair for ex in exs], n=self.cfg.eval_n)
-        return sum(p.label == ex.label for p, ex in zip(preds, exs, strict=True)) / len(exs)
+        return self.task.evaluate(self)
 
     # -- checkpoints -----------------------------------------------------------------------------------------------
     def _manager(self):
@@ -398,21 +456,7 @@ class Trainer:
     def _export_best(self, step: int, scores: dict) -> None:
         if not self.lead:
             return
-        model = nnx.merge(self.eval_graphdef, self.params, self.rest)
-        if self.mlm:
-            export_pretrained(model, self.tokenizer, self.model_cfg.replace(dtype="float32"), self.out / "model",
-                              head="mlm")
-            meta = {"model_dir": "model", "task": "mlm", "max_len": self.cfg.max_len, "dataset": self.cfg.dataset,
-                    "mlm_probability": self.cfg.mlm_probability, "whole_word_mask": self.cfg.whole_word_mask,
-                    "step": step, "scores": scores, "base_model": self.cfg.model}
-            (self.out / RUN_META).write_text(json.dumps(meta, indent=2) + "\n")
-            return
-        export_pretrained(model, self.tokenizer, self.model_cfg.replace(dtype="float32"), self.out / "model",
-                          label_names=self.train_ds.label_names)
-        meta = {"model_dir": "model", "task": "classification", "rho": self.cfg.rho, "min_keep": self.cfg.min_keep,
-                "max_len": self.cfg.max_len, "mask_side": self.cfg.mask_side, "dataset": self.cfg.dataset,
-                "label_names": self.train_ds.label_names, "step": step, "scores": scores,
-                "base_model": self.cfg.model}
+        meta = self.task.export(self, nnx.merge(self.eval_graphdef, self.params, self.rest), step, scores)
         (self.out / RUN_META).write_text(json.dumps(meta, indent=2) + "\n")
 
     # -- the loop --------------------------------------------------------------------------------------------------
@@ -441,7 +485,7 @@ class Trainer:
                 order_epoch, order = epoch, epoch_order(cfg.seed, epoch, len(self.train), self.train.lengths,
                                                         cfg.batch_size, cfg.group_by_length)
             idx = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
-            batch = self._device_batch(self.train, idx)
+            batch = self.device_batch(self.train, idx)
             self.params, self.opt_state, m = self._train_step(self.params, self.opt_state, self.rest, batch,
                                                               jax.random.fold_in(self.root, step))
             step += 1
@@ -463,7 +507,7 @@ class Trainer:
             if epoch_end:
                 if self.dev is not None:
                     last_eval = self.evaluate()
-                    score = self.score(last_eval)
+                    score = self.task.score(last_eval)
                     emit({"step": step, "epoch": step / self.steps_per_epoch, **last_eval})
                     log.info("step %d: %s", step, last_eval)
                     if progress["best"] is None or score > progress["best"]:
@@ -478,8 +522,7 @@ class Trainer:
             metrics_file.close()
         if self.lead and not (self.out / RUN_META).exists():  # resumed after the last epoch end without a model export
             self._export_best(step, last_eval)
-        metric = "dev_top1" if self.mlm else "dev_smoothed_accuracy" if self.cfg.eval_n > 0 else \
-            "dev_masked_accuracy"
+        metric = self.task.metric()
         return {"steps": step, "kept_model": f"step {progress['best_step']}, the best {metric} "
                 f"({progress['best']})" if progress["best"] is not None else "the last step (no dev split)",
                 "last_evaluation": last_eval}

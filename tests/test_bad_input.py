@@ -319,7 +319,7 @@ def test_resume_notices_changed_weights_or_data(capsys, trained_run, tiny_setup,
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(caplog, tiny_setup, tmp_path):  # noqa: F811
     out = tmp_path / "t"
-    assert cli.train_main(train_args(tiny_setup, out, "--epochs", "1")) == 0
+    assert cli.train_main(train_args(tiny_setup, out, "--epochs", "1", "--checkpoint-every", "4")) == 0
     steps = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
     assert len(steps) == 2
     latest = out / "checkpoints" / str(steps[-1])
@@ -328,7 +328,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(caplog, tiny_setup
             f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # truncated mid-write
     caplog.clear()
     caplog.set_level("INFO", logger="ranmask_jax")
-    assert cli.train_main(train_args(tiny_setup, out, "--epochs", "1")) == 0
+    assert cli.train_main(train_args(tiny_setup, out, "--epochs", "1", "--checkpoint-every", "4")) == 0
     err = caplog.text
     assert f"checkpoint of step {steps[-1]} is unreadable" in err and f"from step {steps[0]}" in err
     assert (out / "corrupt-checkpoints" / str(steps[-1])).exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -244,7 +245,8 @@ def test_cli_errors_are_one_line(tiny_setup, tmp_path):
 def test_non_finite_loss_stops_the_run(tiny_setup, tmp_path, monkeypatch):
     from ranmask_jax.train import Trainer, TrainingError
 
-    trainer = Trainer(train_config(tiny_setup, tmp_path / "nan"))
+    cfg = dataclasses.replace(train_config(tiny_setup, tmp_path / "nan"), log_every=2, checkpoint_every=4)
+    trainer = Trainer(cfg)
     step = trainer._train_step
 
     def poisoned(*a):
