@@ -39,8 +39,11 @@ def tiny_mlm(tmp_path_factory, bert_tokenizer):
     from ranmask_jax.models import load_pretrained
 
     path = make_hf_dir(tmp_path_factory.mktemp("mlm") / "bert-mlm", "bert", "mlm", bert_tokenizer)
-    jax_model, tok, _ = load_pretrained(str(path), head="mlm")
     torch_model = BertForMaskedLM.from_pretrained(str(path)).eval()
+    with torch.no_grad():  # the special tokens would win every argmax: the fill must skip them
+        torch_model.cls.predictions.bias[bert_tokenizer.all_special_ids] += 50.0
+    torch_model.save_pretrained(str(path))
+    jax_model, tok, _ = load_pretrained(str(path), head="mlm")
     torch.set_grad_enabled(False)
     return jax_model, torch_model, tok
 

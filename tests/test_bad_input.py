@@ -263,11 +263,27 @@ def test_torn_last_row_is_cut_not_rewritten(tmp_path):
         assert len(rf.rows) == 2
 
 
+def _holds_open(pid: int, name: str) -> bool:
+    """Whether process ``pid`` has a file called ``name`` open (Linux /proc)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").endswith("/" + name):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def test_kill_during_start_up_loses_no_row(trained_run, tiny_setup, tmp_path):  # noqa: F811
     out = tmp_path / "c"
     res = run_cli("certify.py", _certify_argv(trained_run, tiny_setup, out))
     assert res.returncode == 0, res.stderr[-2000:]
     full = (out / "certify.jsonl").read_text()
+    assert len(full.splitlines()) == 6  # one row per text: the comparisons below are about something
     kept = "".join(full.splitlines(keepends=True)[:4])
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     lock = out / "certify.jsonl.lock"
@@ -275,11 +291,13 @@ def test_kill_during_start_up_loses_no_row(trained_run, tiny_setup, tmp_path):  
         (out / "certify.jsonl").write_text(kept)
         argv = [sys.executable, str(ROOT / "certify.py"), *_certify_argv(trained_run, tiny_setup, out)]
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # the window this test is about: the run holds the lock and has opened its rows, and has written none yet
+        # the window this test is about: the run holds the lock and has opened its row file, and has written no
+        # row yet (a run that truncated or rewrote the file on opening would lose the kept rows here)
         deadline = time.monotonic() + 120
-        while f"pid {proc.pid}," not in (lock.read_text() if lock.exists() else "") and proc.poll() is None:
-            assert time.monotonic() < deadline, "the run never took its lock"
+        while not _holds_open(proc.pid, "certify.jsonl") and proc.poll() is None:
+            assert time.monotonic() < deadline, "the run never opened its row file"
             time.sleep(0.001)
+        assert f"pid {proc.pid}," in lock.read_text()  # and it holds the lock
         proc.send_signal(sig)
         at_kill = (out / "certify.jsonl").read_text()
         proc.wait()

@@ -287,6 +287,16 @@ def test_mc_beta_certificate_runs_and_is_bounded(smoothed):
     assert pc.counts == mc.counts and mc.beta_mode == "mc" and mc.prediction == pc.prediction
     assert mc.p_lower > 0.5 and 0.0 < mc.beta < 1.0
     assert mc.radius_one <= mc.radius_mc <= (mc.h if mc.p_lower > 0.5 else -1)
+    # against the exact value: every keep set classified once, beta(d) averaged over EVERY set of d words
+    import itertools
+
+    enc = smoothed.encode(text)
+    keep = smoothed.enumerate_keep_sets(enc)[:, :enc.h]
+    labels = smoothed.votes([(enc, keep, np.ones(len(keep)))], row_labels=True)[0].row_labels
+    is_c = labels == mc.prediction
+    d = mc.radius_mc + 1  # the d whose beta the certificate reports
+    exact = np.mean([is_c[keep[:, list(a)].any(axis=1)].mean() for a in itertools.combinations(range(enc.h), d)])
+    assert abs(mc.beta - exact) < 0.1, (mc.beta, exact, d)
 
 
 def test_label_out_of_range(smoothed):
