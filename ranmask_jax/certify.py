@@ -25,6 +25,7 @@ import numpy as np
 from ranmask_jax import distributed, metrics
 from ranmask_jax.config import CertifyConfig, check_resume_config
 from ranmask_jax.data import DataError
+from ranmask_jax.engine import NonFiniteLogits
 from ranmask_jax.files import RowFile, fingerprint_rows, read_rows
 from ranmask_jax.progress import Heartbeat
 from ranmask_jax.runs import (
@@ -206,6 +207,8 @@ def predict_texts(cfg: CertifyConfig) -> list[dict]:
                                       exact_threshold=thr, n_r=cfg.n_r)
                 else:
                     pred = sc.predict(key, text, pair, n=cfg.n, exact_threshold=thr)
+            except NonFiniteLogits:
+                raise
             except ValueError as e:  # empty text, a text with no room beside the special tokens
                 raise DataError(f"{cfg.predict}:{lineno}: {e}") from None
             if cfg.radius:

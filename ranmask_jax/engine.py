@@ -50,6 +50,17 @@ class _Request:
 IN_FLIGHT = 32
 
 
+class NonFiniteLogits(ValueError):
+    """The classifier returned NaN or inf logits: no vote, certificate or score may be made of them."""
+
+
+def check_logits_shape(logits, rows: int, num_labels: int, name: str) -> None:
+    """``logits`` must be ``[rows, num_labels]`` (checked once, when the step is traced)."""
+    if tuple(logits.shape) != (rows, num_labels):
+        raise ValueError(f"{name} returned logits of shape {tuple(logits.shape)} for {rows} inputs; "
+                         f"expected [{rows}, {num_labels}] (num_labels={num_labels})")
+
+
 def copy_bucket(n: int, max_len: int) -> int:
     """Fine length buckets for masked copies: multiples of 8 up to 64, of 16 up to 128, of 32 up to 256, then of
     64; at least 16, at most ``max_len``."""
@@ -108,6 +119,7 @@ class CopyEngine:
         self.tokenizer, self.batch_size, self.max_len = tokenizer, batch_size, max_len
         self.mask_side, self.texts_per_batch, self.num_labels = mask_side, texts_per_batch, num_labels
         self.transform = transform
+        self.name = "the classifier"  # how errors name the model (a run directory sets its path)
         self.mask_id, self.pad_id = int(tokenizer.mask_token_id), int(tokenizer.pad_token_id)
         self._params = distributed.replicate(params, self.mesh)
         self._t_params = distributed.replicate(transform_params, self.mesh) if transform is not None else None
@@ -127,17 +139,26 @@ class CopyEngine:
             ids, types, attn = jax.vmap(one)(keep, *rows)  # [R, out_len]
             if transform is not None:
                 ids, attn, types = transform(t_params, t_key, ids, attn, types)
-            logits = logits_fn(params, ids, attn, types).astype(jnp.float32)  # [R, C]
+            logits = logits_fn(params, ids, attn, types)
+            check_logits_shape(logits, ids.shape[0], num_labels, self.name)
+            logits = logits.astype(jnp.float32)  # [R, C]
             label = jnp.argmax(logits, axis=-1)  # [R]
+            # copies that vote (weight > 0) with any NaN or inf logit: counted here, refused on the host
+            bad = jnp.sum(~jnp.all(jnp.isfinite(logits), axis=-1) & (weight > 0))
             w = weight[:, None]
             per_text = lambda x: jax.ops.segment_sum(x * w, row_text, num_segments=table[0].shape[0])  # noqa: E731
             return (per_text(jax.nn.one_hot(label, logits.shape[-1])), per_text(logits),
-                    per_text(jax.nn.softmax(logits, axis=-1)), label)
+                    per_text(jax.nn.softmax(logits, axis=-1)), label, bad)
 
         self._step = jax.jit(step, static_argnames=("out_len",))
         self._shard = distributed.batch_sharded(self.mesh)
         self._rep = distributed.replicated(self.mesh)
-        self._plain = jax.jit(lambda params, ids, attn, types: logits_fn(params, ids, attn, types).astype(jnp.float32))
+        def plain(params, ids, attn, types):
+            logits = logits_fn(params, ids, attn, types)
+            check_logits_shape(logits, ids.shape[0], num_labels, self.name)
+            return logits.astype(jnp.float32)
+
+        self._plain = jax.jit(plain)
 
     def update_weights(self, model) -> None:
         """Swap in new weights of the same architecture (no recompilation)."""
@@ -186,7 +207,12 @@ class CopyEngine:
         pending = []
 
         def collect(take, result) -> None:
-            counts, logit_sum, prob_sum, labels = jax.device_get(result)
+            counts, logit_sum, prob_sum, labels, bad = jax.device_get(result)
+            if bad:
+                texts = sorted({int(i) for i in take[:, 0]})
+                raise NonFiniteLogits(f"{self.name} returned NaN or inf logits for {int(bad)} masked copies (of "
+                                      f"text {', '.join(map(str, texts[:5]))} of this call); no vote is counted. "
+                                      "Check the model's weights and dtype.")
             texts = np.unique(take[:, 0])
             for slot, i in enumerate(texts):
                 out[i].counts = out[i].counts + counts[slot]
@@ -259,5 +285,9 @@ class CopyEngine:
                 if "token_type_ids" in enc:
                     types[r, :len(x)] = enc["token_type_ids"][r]
             batch = jax.device_put((ids, attn, types), self._shard)
-            out.append(np.asarray(self._plain(self._params, *batch))[: len(part)])
+            logits = np.asarray(self._plain(self._params, *batch))[: len(part)]
+            if not np.isfinite(logits).all():
+                raise NonFiniteLogits(f"{self.name} returned NaN or inf logits for "
+                                      f"{int((~np.isfinite(logits).all(-1)).sum())} of {len(part)} texts")
+            out.append(logits)
         return np.concatenate(out).astype(np.float64) if out else np.zeros((0, self.num_labels))

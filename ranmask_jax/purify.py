@@ -22,8 +22,10 @@ class RefillError(ValueError):
 
 
 def mlm_refill(mlm_model, mlm_tokenizer, classifier_tokenizer, temperature: float = 0.0,
-               mask_share: float | None = None):
-    """``(transform, params)`` for the engine. The masked LM must share the classifier's vocabulary.
+               mask_share: float | None = None, classifier_vocab_size: int | None = None):
+    """``(transform, params)`` for the engine. The masked LM must share the classifier's vocabulary: the same
+    tokenizer and, when ``classifier_vocab_size`` is given, the same number of embedding rows (a larger masked LM
+    could refill ids the classifier has no embedding for).
 
     ``mask_share`` (the masking rate rho, say): only the mask positions go through the vocabulary decoder, in chunks
     of ``mask_share`` of a batch's token slots plus a margin (a batch with more masks takes more chunks). The decoder
@@ -35,6 +37,9 @@ def mlm_refill(mlm_model, mlm_tokenizer, classifier_tokenizer, temperature: floa
     if mlm_tokenizer.get_vocab() != classifier_tokenizer.get_vocab():
         raise RefillError("the masked LM's vocabulary differs from the classifier's; MaskPure refills token ids, so "
                           "both must use the same tokenizer")
+    if classifier_vocab_size is not None and mlm_model.cfg.vocab_size != classifier_vocab_size:
+        raise RefillError(f"the masked LM has {mlm_model.cfg.vocab_size} vocabulary rows and the classifier "
+                          f"{classifier_vocab_size}; MaskPure refills token ids, so both must be equal")
     if temperature < 0:
         raise RefillError(f"temperature must be >= 0, got {temperature}")
     mlm_model.eval()

@@ -44,8 +44,9 @@ def smoothed_from_run(cfg: SmoothedRunConfig, local: bool = False) -> tuple[Smoo
     mesh = distributed.make_mesh(local=local)  # local: each process of a multi-process run works on its own texts
     rows = cfg.batch_size or (64 if mesh.devices.flat[0].platform == "cpu" else 256) * mesh.devices.size
     bs = distributed.round_up(rows, mesh.devices.size)
-    extra, fingerprints, mlms = _sampling_and_purifier(cfg, tok, settings)
+    extra, fingerprints, mlms = _sampling_and_purifier(cfg, tok, settings, model.cfg.vocab_size)
     sc = SmoothedClassifier(model, tok, batch_size=bs, mesh=mesh, **settings, **extra)
+    sc.name = f"the model of {cfg.run_dir}"
     names = meta.get("label_names") or _config_label_names(model_dir, sc.num_labels)
     weights = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("pytorch_model*.bin"))
     settings.update(sampling=cfg.sampling, purifier=cfg.purifier,
@@ -70,7 +71,7 @@ def load_mlm(run: str, cfg) -> tuple:
     return model, tok, sorted(mlm_dir.glob("*.safetensors"))
 
 
-def _sampling_and_purifier(cfg: SmoothedRunConfig, tok, settings: dict) -> tuple[dict, list, dict]:
+def _sampling_and_purifier(cfg: SmoothedRunConfig, tok, settings: dict, vocab_size: int) -> tuple[dict, list, dict]:
     """The engine's keep-set distribution (``--sampling lm --lm RUN``) and copy transform (``--purifier RUN``):
     the classifier's extra arguments, the masked LMs' weight files, and the masked LMs by role."""
     extra, files, mlms = {}, [], {}
@@ -88,7 +89,8 @@ def _sampling_and_purifier(cfg: SmoothedRunConfig, tok, settings: dict) -> tuple
         mlm, mlm_tok, f = load_mlm(cfg.purifier, cfg)
         mlms["purifier"] = (mlm, mlm_tok)
         extra["transform"], extra["transform_params"] = mlm_refill(mlm, mlm_tok, tok, cfg.refill_temperature,
-                                                                   mask_share=settings["rho"])
+                                                                   mask_share=settings["rho"],
+                                                                   classifier_vocab_size=vocab_size)
         files += f
     return extra, files, mlms
 

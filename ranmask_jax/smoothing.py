@@ -135,9 +135,15 @@ class SmoothedClassifier(CopyEngine):
         encs = [self.encode(t, p) for t, p in zip(texts, pairs, strict=True)]
         thr = n if exact_threshold is None else exact_threshold
         exact = [self.exact_mode(e, thr) for e in encs]
-        requests = [(e, *self._keep_sets(k, e, n, x)) for k, e, x in zip(keys, encs, exact, strict=True)]
+        # every keep set of the exact texts at once; the sampled ones streamed in passes (memory flat in n)
+        whole = [i for i, x in enumerate(exact) if x]
+        streamed = [i for i, x in enumerate(exact) if not x]
+        votes = dict(zip(whole, self.votes([(encs[i], *self._keep_sets(keys[i], encs[i], n, True)) for i in whole]),
+                         strict=True))
+        votes.update(zip(streamed, self._stream([keys[i] for i in streamed], [encs[i] for i in streamed], n,
+                                                row_labels=False)[0], strict=True))
         out = []
-        for enc, is_exact, v in zip(encs, exact, self.votes(requests), strict=True):
+        for enc, is_exact, v in zip(encs, exact, (votes[i] for i in range(len(encs))), strict=True):
             scores = v.scores(ensemble)
             label, p_value = int(np.argmax(scores)), None
             if alpha is not None:
@@ -202,7 +208,7 @@ class SmoothedClassifier(CopyEngine):
         # estimation copies, unless exact, or the selection copies already picked a wrong class
         todo = [i for i, x in enumerate(exact) if not x and (labels[i] is None
                                                               or int(np.argmax(v0[i].counts)) == labels[i])]
-        v1, est = self._estimate([jax.random.fold_in(keys[i], 1) for i in todo], [encs[i] for i in todo], n,
+        v1, est = self._stream([jax.random.fold_in(keys[i], 1) for i in todo], [encs[i] for i in todo], n,
                                  row_labels=beta == "mc")
         v1, est = dict(zip(todo, v1, strict=True)), dict(zip(todo, est, strict=True))
         out = []
@@ -224,8 +230,8 @@ class SmoothedClassifier(CopyEngine):
                                                exact=exact[i], mc_beta=mc))
         return out
 
-    def _estimate(self, keys, encs: list[EncodedText], n: int, row_labels: bool):
-        """The estimation votes of each text (``n`` copies from ``keys[i]``), streamed: in passes of at most
+    def _stream(self, keys, encs: list[EncodedText], n: int, row_labels: bool):
+        """The votes of ``n`` sampled copies of each text (from ``keys[i]``), streamed: in passes of at most
         STREAM_CHUNK copies per text (pass c draws from ``fold_in(key, c)`` when there is more than one pass; one pass
         uses ``key`` itself), each sampled, deduplicated and classified before the next, so memory is flat in n.
         Returns the summed Votes and, per text, ``(None, distinct keep sets, weights)`` (concatenated over passes,
@@ -236,7 +242,10 @@ class SmoothedClassifier(CopyEngine):
         votes = [Votes(np.zeros(self.num_labels, np.int64), np.zeros(self.num_labels), np.zeros(self.num_labels),
                        np.zeros(0, np.int64) if row_labels else None) for _ in encs]
         kept = [([], []) for _ in encs]
-        for c in range(passes):
+        from tqdm.auto import tqdm
+
+        for c in tqdm(range(passes), desc=f"{n} copies", unit="pass", disable=True if passes < 8 else None,
+                      leave=False):
             size = min(STREAM_CHUNK, n - c * STREAM_CHUNK)
             reqs = [(e, *self._keep_sets(k if passes == 1 else jax.random.fold_in(k, c), e, size, False))
                     for k, e in zip(keys, encs, strict=True)]

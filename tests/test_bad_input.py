@@ -367,3 +367,150 @@ def test_rowfile_lock_is_released_by_a_killed_process(tmp_path):
         assert rf.rows == []
     with open(rf.lock_path) as f:  # and the lock is free again after a clean exit
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+# ---- garbage from the model: no certificate, vote or score is made of it -------------------------------------------
+FORTY = " ".join(f"word{i}" for i in range(40))
+
+
+def _garbage_engine(bert_tokenizer, logits_fn, num_labels=2, **kw):
+    from ranmask_jax.masking import UniformKeepSets
+    from ranmask_jax.smoothing import SmoothedClassifier
+
+    return SmoothedClassifier.from_logits_fn(logits_fn, {}, bert_tokenizer, UniformKeepSets(0.3),
+                                             num_labels=num_labels, batch_size=64, **kw)
+
+
+def _all_nan(p, ids, attn, types):
+    import jax.numpy as jnp
+
+    return jnp.full((ids.shape[0], 2), jnp.nan)
+
+
+def _all_inf(p, ids, attn, types):
+    import jax.numpy as jnp
+
+    return jnp.full((ids.shape[0], 2), jnp.inf)
+
+
+def _some_nan(p, ids, attn, types):  # NaN for the copies that mask the first word (id 103), finite for the others
+    import jax.numpy as jnp
+
+    return jnp.where(ids[:, 1:2] == 103, jnp.nan, 1.0) * jnp.ones((ids.shape[0], 2))
+
+
+GARBAGE_LOGITS = [("nan", _all_nan), ("inf", _all_inf), ("some-copies-nan", _some_nan)]
+
+
+@pytest.mark.parametrize("name,fn", GARBAGE_LOGITS, ids=[g[0] for g in GARBAGE_LOGITS])
+def test_non_finite_logits_are_never_voted_or_certified(bert_tokenizer, name, fn):
+    import jax
+
+    from ranmask_jax.engine import NonFiniteLogits
+
+    sc = _garbage_engine(bert_tokenizer, fn)
+    with pytest.raises(NonFiniteLogits, match="NaN or inf logits"):
+        sc.certify_many([jax.random.key(0)], [FORTY], [0], n0=50, n=200, beta="one")
+    with pytest.raises(NonFiniteLogits):
+        sc.predict(jax.random.key(0), FORTY, n=50)
+    if fn is not _some_nan:  # the unmasked texts hold no mask token: their logits are finite
+        with pytest.raises(NonFiniteLogits):
+            sc.base_logits([FORTY, "a b"])
+
+
+@pytest.mark.parametrize("shape", [(1,), (3,), ()], ids=["[B,1]", "[B,3]", "[B]"])
+def test_logits_of_the_wrong_shape_are_refused(bert_tokenizer, shape):
+    import jax
+    import jax.numpy as jnp
+
+    sc = _garbage_engine(bert_tokenizer, lambda p, i, a, t: jnp.zeros((i.shape[0], *shape)))
+    with pytest.raises(ValueError, match=r"logits of shape \([\d, ]+\) for \d+ inputs; expected \[\d+, 2\]"):
+        sc.predict(jax.random.key(0), FORTY, n=50)
+    with pytest.raises(ValueError, match="expected"):
+        sc.base_logits(["a b"])
+
+
+def _poison(run, tmp_path, change):
+    from tests.test_attacks import rewrite_weights
+
+    bad = _copy_run(run, tmp_path)
+    rewrite_weights(bad / "model" / "model.safetensors", change)
+    return bad
+
+
+def test_a_model_with_nan_weights_stops_every_command(capsys, trained_run, tiny_setup, tmp_path):  # noqa: F811
+    import numpy as np
+
+    def nan_embeddings(t):
+        name = next(k for k in t if k.endswith("word_embeddings.weight"))
+        t[name] = np.full_like(t[name], np.nan)
+
+    bad = _poison(trained_run, tmp_path, nan_embeddings)
+    out = tmp_path / "c"
+    code = cli.certify_main(_certify_argv(bad, tiny_setup, out))
+    line = _one_error_line(code, capsys.readouterr().err)
+    assert "NaN or inf logits" in line and str(bad) in line
+    assert not (out / "certify.jsonl").exists() or (out / "certify.jsonl").read_text() == ""
+    texts = tmp_path / "t.txt"
+    texts.write_text("a good film\n")
+    code = cli.certify_main(["--run-dir", str(bad), "--predict", str(texts), "--radius", "--n", "20"])
+    assert "NaN or inf logits" in _one_error_line(code, capsys.readouterr().err)
+    from attacks.cli import main as attack_main
+
+    code = attack_main(["--run-dir", str(bad), "--dataset", tiny_setup["dev"], "--split", "test", "--out",
+                        str(tmp_path / "a"), "--num-examples", "2", "--n", "8"])
+    assert "NaN or inf logits" in _one_error_line(code, capsys.readouterr().err)
+    assert not (tmp_path / "a" / "attack.jsonl").exists() or (tmp_path / "a" / "attack.jsonl").read_text() == ""
+
+
+def test_a_model_smaller_than_its_tokenizer_is_refused(capsys, trained_run, tmp_path):  # noqa: F811
+    from ranmask_jax.models import CheckpointError, load_pretrained
+
+    bad = _copy_run(trained_run, tmp_path)
+    cfg_path = bad / "model" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+
+    def shrink(t):
+        name = next(k for k in t if k.endswith("word_embeddings.weight"))
+        t[name] = t[name][:1000]
+
+    from tests.test_attacks import rewrite_weights
+
+    rewrite_weights(bad / "model" / "model.safetensors", shrink)
+    cfg_path.write_text(json.dumps({**cfg, "vocab_size": 1000}))
+    with pytest.raises(CheckpointError, match=r"tokenizer has 30522 token ids but the model's vocab_size is 1000"):
+        load_pretrained(bad)
+    code = cli.certify_main(["--run-dir", str(bad), "--predict", "-", "--n", "5"])
+    assert "vocab_size is 1000" in _one_error_line(code, capsys.readouterr().err)
+
+
+def test_a_purifier_with_another_vocabulary_size_is_refused(bert_tokenizer):
+    from flax import nnx
+
+    from ranmask_jax.models import build_model, tiny
+    from ranmask_jax.purify import RefillError, mlm_refill
+
+    mlm = build_model(tiny(vocab_size=len(bert_tokenizer) + 64), "mlm", rngs=nnx.Rngs(0))
+    with pytest.raises(RefillError, match=r"30586 vocabulary rows and the classifier 30522"):
+        mlm_refill(mlm, bert_tokenizer, bert_tokenizer, classifier_vocab_size=len(bert_tokenizer))
+
+
+def test_sampled_copies_are_drawn_in_passes_whatever_n(bert_tokenizer, monkeypatch):
+    """Memory flat in n: predict and certify never sample more than STREAM_CHUNK copies of a text at once, and the
+    streamed votes add up to n (benchmarks/predict_memory.py measures the peak)."""
+    import jax
+    import jax.numpy as jnp
+
+    import ranmask_jax.smoothing as smoothing
+
+    monkeypatch.setattr(smoothing, "STREAM_CHUNK", 128)
+    sc = _garbage_engine(bert_tokenizer, lambda p, i, a, t: jax.nn.one_hot(i[:, 1] % 2, 2))
+    sizes = []
+    inner = sc._keep_sets
+    monkeypatch.setattr(sc, "_keep_sets", lambda key, enc, n, exact: sizes.append(n) or inner(key, enc, n, exact))
+    pr = sc.predict(jax.random.key(0), FORTY, n=1000, exact_threshold=0)
+    assert pr.n == 1000 and max(sizes) <= 128 and len(sizes) == 8
+    sizes.clear()
+    cert = sc.certify(jax.random.key(0), FORTY, None, n0=100, n=1000, exact_threshold=0)
+    assert cert.n == 1000 and max(sizes) <= 128
+    assert float(jnp.asarray(pr.scores).sum()) == pytest.approx(1.0)

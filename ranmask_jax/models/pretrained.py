@@ -14,7 +14,7 @@ from safetensors.numpy import save_file
 
 from ranmask_jax.files import read_json
 from ranmask_jax.models.bert import Head, ModelConfig, build_model
-from ranmask_jax.models.params import load_into, read_checkpoint, to_hf_tensors
+from ranmask_jax.models.params import CheckpointError, load_into, read_checkpoint, to_hf_tensors
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,17 @@ def load_pretrained(name_or_path: str | os.PathLike, head: Head = "classificatio
     load_into(model, cfg, head, tensors, source=str(model_dir))
     model.eval()
     tokenizer = load_tokenizer(model_dir)
+    check_vocabulary(tokenizer, cfg.vocab_size, str(model_dir))
     return model, tokenizer, cfg
+
+
+def check_vocabulary(tokenizer, vocab_size: int, where: str) -> None:
+    """Refuse a tokenizer that can emit ids the model has no embedding for (they would read past the table)."""
+    ids = len(tokenizer)
+    if ids > vocab_size:
+        raise CheckpointError(f"{where}: the tokenizer has {ids} token ids but the model's vocab_size is "
+                              f"{vocab_size}; ids {vocab_size} and above have no embedding (wrong tokenizer or "
+                              "config.json?)")
 
 
 def export_pretrained(model: nnx.Module, tokenizer, cfg: ModelConfig, out_dir: str | os.PathLike,
