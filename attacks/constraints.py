@@ -27,6 +27,17 @@ def not_modified_yet(text: AttackText, i: int) -> bool:
     return i not in text.modified
 
 
+class WithinFirst:
+    """Only the first ``n`` words may be modified: those the model reads (the others lie past ``max_len``; the
+    original search attacks the truncated input)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __call__(self, text: AttackText, i: int) -> bool:
+        return i < self.n
+
+
 # -- which candidates are kept -----------------------------------------------------------------------------------------
 class MaxEditDistance:
     """Levenshtein distance of the whole candidate text to the ORIGINAL text <= ``limit`` (DeepWordBug: 30)."""

@@ -4,6 +4,7 @@
 clean_prediction, clean_scores, final_prediction, final_scores (the attack's last answer about the returned text),
 recheck_prediction (a fresh, independent query of a randomized scorer about the returned text, not counted in
 ``queries``; equal to final_prediction for the deterministic plain model), queries, words_changed, words,
+words_searched (the leading words the model reads, within max_len: only these are attacked),
 perturbed_fraction, note, seconds, machine (what the seconds were measured on), text, perturbed_text. A rerun with
 the same config resumes after the last row.
 """
@@ -97,6 +98,15 @@ def build_scorers(cfg: AttackConfig):
     return make, recheck, sc, settings
 
 
+def words_read(sc, text: str) -> int:
+    """How many leading words of ``text`` the model reads: those with a token among the first ``max_len`` tokens of
+    the unmasked text (a masked copy is shorter, but the search, as the original one, works on what the plain
+    model reads)."""
+    enc = sc.encode(text)
+    content = enc.word_index[(enc.word_index >= 0) & enc.has_token][: sc.max_len - enc.num_specials]
+    return enc.h if len(content) == 0 or content[-1] == enc.h - 1 else int(content[-1]) + 1
+
+
 def same_answers(rows: list[dict], make_scorer, cfg: AttackConfig, k: int = 5) -> dict:
     """Whether the weights loaded now answer as the ones that wrote ``rows``: re-ask the clean query (the first
     query of an example, drawn from the same key) of the first ``k`` rows and compare with the stored clean
@@ -126,6 +136,7 @@ def attack_dataset(cfg: AttackConfig) -> dict:
     returns the summary."""
     from tqdm.auto import tqdm
 
+    from attacks.constraints import WithinFirst
     from attacks.harness import Queries
     from attacks.recipes import RECIPES
     from attacks.search import greedy_wir
@@ -182,7 +193,9 @@ def attack_dataset(cfg: AttackConfig) -> dict:
             except ValueError as e:
                 raise DataError(f"{ds.source}: example {i}: {e}") from None
             queries = Queries(make_scorer(i), budget=cfg.query_budget, cache=cfg.cache)
-            res = greedy_wir(original, ex.label, queries, recipe, np.random.default_rng([cfg.seed, i]))
+            read = words_read(sc, ex.text)  # words past max_len are never searched
+            searched = dataclasses.replace(recipe, pre=[*recipe.pre, WithinFirst(read)])
+            res = greedy_wir(original, ex.label, queries, searched, np.random.default_rng([cfg.seed, i]))
             again = res.final_prediction
             if recheck is not None and res.status != "skipped":
                 again = recheck(i, res.text.text)
@@ -192,7 +205,7 @@ def attack_dataset(cfg: AttackConfig) -> dict:
                 "clean_scores": [round(float(x), 6) for x in res.clean_scores],
                 "final_prediction": res.final_prediction,
                 "final_scores": [round(float(x), 6) for x in res.final_scores], "recheck_prediction": again,
-                "queries": queries.count, "words_changed": changed, "words": len(original),
+                "queries": queries.count, "words_changed": changed, "words": len(original), "words_searched": read,
                 "perturbed_fraction": round(changed / len(original), 6), "note": res.note,
                 "seconds": round(time.perf_counter() - t0, 3), "machine": where, "text": ex.text,
                 "perturbed_text": res.text.text})

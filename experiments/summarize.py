@@ -11,15 +11,26 @@ rescored from their counts), with the original code's +1 convention beside the p
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
+import sys
 from pathlib import Path
 
 from ranmask_jax import metrics
+from ranmask_jax.files import read_json, read_rows
 
 
 def _read_rows(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    """A certification's rows (a torn last row is left out; a damaged one names its file and line)."""
+    return read_rows(path)
+
+
+def _settings(run: Path) -> tuple | None:
+    """(n0, n, alpha) of a run's certification, None when it has none."""
+    cfg_path = run / "certify-test" / "certify_config.json"
+    if not cfg_path.exists():
+        return None
+    cfg = read_json(cfg_path)
+    return cfg.get("n0"), cfg.get("n"), cfg.get("alpha")
 
 
 def _pct(x) -> str:
@@ -53,8 +64,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("runs", nargs="+")
     p.add_argument("--title", default="")
     p.add_argument("--plot", help="PNG of certified accuracy against radius, one curve per run")
+    p.add_argument("--allow-mixed", action="store_true", help="put runs certified with other n0, n or alpha in one "
+                                                               "table (refused by default: their radii differ)")
     args = p.parse_args(argv)
+    try:
+        print_tables(args)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
+
+def print_tables(args) -> None:
+    for run in map(Path, args.runs):
+        if not (run / "ranmask_run.json").exists():
+            raise FileNotFoundError(f"{run}: not a run directory (no ranmask_run.json)")
+    mixed = {s for s in map(_settings, map(Path, args.runs)) if s is not None}
+    if len(mixed) > 1 and not args.allow_mixed:
+        raise ValueError(f"the runs were certified with different (n0, n, alpha): {sorted(mixed, key=str)}; their "
+                         "radii are not comparable (--allow-mixed to tabulate them anyway)")
     lines = ["| rho | best dev step | accuracy of g, full test % (n) | certified subset: accuracy of g % (n) | "
              "beta = 1: MCB | MCR % | certified accuracy % at d = 0, 1, 2, ... | "
              "beta = p_c: MCB | MCR % | MCB (+1) | MCR % (+1) | certified accuracy % at d = 0, 1, 2, ... | "
@@ -62,8 +89,8 @@ def main(argv: list[str] | None = None) -> None:
              "|" + "---|" * 14]
     curves = {}
     for run in map(Path, args.runs):
-        meta = json.loads((run / "ranmask_run.json").read_text())
-        acc = json.loads((run / "accuracy-test" / "summary.json").read_text()) \
+        meta = read_json(run / "ranmask_run.json")
+        acc = read_json(run / "accuracy-test" / "summary.json") \
             if (run / "accuracy-test" / "summary.json").exists() else None
         rows = _read_rows(run / "certify-test" / "certify.jsonl")
         full = f"{_pct(acc['accuracy'])} ({acc['n']})" if acc else "not run"

@@ -13,10 +13,11 @@ that every cell attacked. The plot: accuracy under attack per recipe
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 
 from attacks.run import summarize
+from ranmask_jax.files import read_json, read_rows
 
 
 def _pct(x) -> str:
@@ -24,9 +25,13 @@ def _pct(x) -> str:
 
 
 def load(cell: Path) -> dict:
-    rows = [json.loads(x) for x in (cell / "attack.jsonl").read_text().splitlines() if x.strip()]
-    cfg = json.loads((cell / "attack_config.json").read_text())
-    meta = json.loads((cell / "summary.json").read_text()) if (cell / "summary.json").exists() else {}
+    """An attack cell's rows and config; a directory that is not one, a damaged row (named by file and line) or a
+    repeated example index is an error."""
+    if not (cell / "attack_config.json").exists() or not (cell / "attack.jsonl").exists():
+        raise FileNotFoundError(f"{cell}: not an attack output directory (no attack_config.json / attack.jsonl)")
+    rows = read_rows(cell / "attack.jsonl")  # refuses a repeated index, names a damaged row's line
+    cfg = read_json(cell / "attack_config.json")
+    meta = read_json(cell / "summary.json") if (cell / "summary.json").exists() else {}
     s = summarize(rows)
     ens = cfg["ensemble"]
     defense = meta.get("defense") or ("plain model" if ens == "none" else f"{cell.parent.name} {ens}")
@@ -100,7 +105,11 @@ def main() -> None:
                    help="also print the table recomputed on the texts that every cell has attacked (cells of "
                         "different sizes, e.g. --limit 50 beside 100-text cells)")
     args = p.parse_args()
-    cells = [load(c) for c in args.cells]
+    try:
+        cells = [load(c) for c in args.cells]
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     print(table(cells))
     if args.common:
         keep = set.intersection(*({r["index"] for r in c["rows"]} for c in cells))

@@ -16,6 +16,27 @@ def opt(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002
     return dataclasses.field(default=default, metadata={"help": help, **kw})
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+SEED_LIMIT = 2**32  # seeds are in [0, 2^32): one 32-bit word of the root PRNG key
+MAX_EXACT = 10**7  # the most keep sets exact mode may enumerate (every one is classified: memory and time)
+
+
+def check_seed(seed: int) -> None:
+    if not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"seed must be an integer in [0, 2^32), got {seed}")
+
+
+def check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+
+
+def check_exact_threshold(threshold: int | None) -> None:
+    if threshold is not None and not 0 <= threshold <= MAX_EXACT:
+        raise ValueError(f"exact_threshold must be in [0, {MAX_EXACT:.0e}] (every enumerated keep set is classified; "
+                         f"beyond that, sample), got {threshold}")
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Masked training of a RanMASK base classifier (paper defaults: AdamW 5e-5, wd 1e-6, clip 1, batch 32,
@@ -93,6 +114,8 @@ class TrainConfig:
             raise ValueError(f"task must be classification or mlm, got {self.task!r}")
         if not 0.0 < self.mlm_probability < 1.0:
             raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
+        check_seed(self.seed)
+        check_dtype(self.dtype)
 
 
 @dataclasses.dataclass
@@ -149,6 +172,9 @@ class SmoothedRunConfig:
             raise ValueError(f"rho must be in [0, 1], got {self.rho}")
         if self.mask_side is not None and self.mask_side not in ("first", "second", "both"):
             raise ValueError(f"mask_side must be first, second or both, got {self.mask_side!r}")
+        check_dtype(self.dtype)
+        if hasattr(self, "seed"):
+            check_seed(self.seed)
 
 
 @dataclasses.dataclass
@@ -191,8 +217,7 @@ class CertifyConfig(SmoothedRunConfig):
         for name in ("n_r", "texts_per_call"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.exact_threshold is not None and self.exact_threshold < 0:
-            raise ValueError(f"exact_threshold must be >= 0, got {self.exact_threshold}")
+        check_exact_threshold(self.exact_threshold)
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
@@ -208,8 +233,21 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         help_ = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help strings with %
         if typ is bool:
             parser.add_argument(flag, action="store_true", default=f.default, help=help_)
+        elif type(None) in typing.get_args(hint) and typ in (int, float):
+            parser.add_argument(flag, type=_or_none(typ), default=f.default, help=help_)
         else:
             parser.add_argument(flag, type=typ, default=f.default, help=help_)
+
+
+def _or_none(typ: type):
+    """An argparse type for an optional number: the number, or "none" (any case) for None."""
+    def parse(text: str):
+        if text.strip().lower() == "none":
+            return None
+        return typ(text)
+
+    parse.__name__ = typ.__name__  # argparse names the type in its "invalid int value" message
+    return parse
 
 
 def from_args(cls: type, args: argparse.Namespace):

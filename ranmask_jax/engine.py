@@ -112,6 +112,10 @@ class CopyEngine:
             raise ValueError(f"batch_size and texts_per_batch must be >= 1, got {batch_size}, {texts_per_batch}")
         if max_positions is not None and max_len > max_positions:
             raise ValueError(f"max_len {max_len} exceeds the model's {max_positions} positions")
+        specials = len(tokenizer("a")["input_ids"]) - len(tokenizer("a", add_special_tokens=False)["input_ids"])
+        if max_len <= specials:
+            raise ValueError(f"max_len {max_len} leaves no room for text beside the tokenizer's {specials} special "
+                             f"tokens (need at least {specials + 1})")
         self.mesh = mesh if mesh is not None else distributed.make_mesh()
         n_dev = self.mesh.devices.size
         if batch_size % n_dev:

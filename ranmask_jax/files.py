@@ -113,7 +113,13 @@ class RowFile:
         self._f = None
 
     def __enter__(self) -> RowFile:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        parent = self.path.parent
+        if parent.is_symlink() and not parent.exists():
+            raise FileError(f"{parent}: a symbolic link to {os.readlink(parent)}, which does not exist; give an "
+                            "output directory")
+        if parent.exists() and not parent.is_dir():
+            raise FileError(f"{parent}: a file, not a directory; give an output directory")
+        parent.mkdir(parents=True, exist_ok=True)
         self._lock = open(self.lock_path, "a+")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -64,6 +64,26 @@ def why_uncertifiable(keep_sets, transform) -> str | None:
     return None
 
 
+def _check_call(keys, texts, pairs, *, exact_threshold, labels=None, **counts) -> None:
+    """The arguments of a predict / certify call, checked as the command line checks its flags."""
+    from ranmask_jax.config import check_exact_threshold
+
+    if isinstance(texts, str):
+        raise ValueError("texts must be a list of strings, got one string (use predict / certify for one text)")
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    sizes = {"keys": len(keys), "texts": len(texts)}
+    if pairs is not None:
+        sizes["pairs"] = len(pairs)
+    if labels is not None:
+        sizes["labels"] = len(labels)
+    if len(set(sizes.values())) > 1:
+        raise ValueError("keys, texts, pairs and labels must have one entry per text, got "
+                         + ", ".join(f"{len_} {name}" for name, len_ in sizes.items()))
+    check_exact_threshold(exact_threshold)
+
+
 class SmoothedClassifier(CopyEngine):
     """RanMASK's g(x) on a base classifier: a ``CopyEngine`` (the device side) with a keep-set distribution.
 
@@ -131,6 +151,9 @@ class SmoothedClassifier(CopyEngine):
                      ) -> list[Prediction]:
         """g(x) for many texts at once (``keys[i]`` for text i); see ``predict``."""
         ensembles.check(ensemble)
+        _check_call(keys, texts, pairs, n=n, exact_threshold=exact_threshold)
+        if alpha is not None and not 0 < alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
         pairs = pairs or [None] * len(texts)
         encs = [self.encode(t, p) for t, p in zip(texts, pairs, strict=True)]
         thr = n if exact_threshold is None else exact_threshold
@@ -194,9 +217,13 @@ class SmoothedClassifier(CopyEngine):
         if why is not None:
             raise ValueError(f"no certificate: {why}, and Theorem 1 assumes uniform keep sets and a deterministic "
                              "base classifier; use predict for empirical robustness")
+        _check_call(keys, texts, pairs, n=n, n0=n0, exact_threshold=exact_threshold, labels=labels)
+        if not 0 < alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
         for label in labels:
-            if label is not None and not 0 <= label < self.num_labels:
-                raise ValueError(f"label {label} out of range for {self.num_labels} classes")
+            if label is not None and (isinstance(label, bool) or not isinstance(label, int | np.integer)
+                                      or not 0 <= label < self.num_labels):
+                raise ValueError(f"label {label!r} out of range for {self.num_labels} classes")
         pairs = pairs or [None] * len(texts)
         encs = [self.encode(t, p) for t, p in zip(texts, pairs, strict=True)]
         thr = n if exact_threshold is None else exact_threshold

@@ -238,7 +238,7 @@ class ClassifierTask:
     def export(self, tr: Trainer, model, step: int, scores: dict) -> dict:
         """Write the model; returns the run's ``ranmask_run.json``."""
         export_pretrained(model, tr.tokenizer, tr.model_cfg.replace(dtype="float32"), tr.out / "model",
-                          label_names=tr.train_ds.label_names)
+                          label_names=tr.train_ds.label_names, overwrite=True)
         cfg = self.cfg
         return {"model_dir": "model", "task": "classification", "rho": cfg.rho, "min_keep": cfg.min_keep,
                 "max_len": cfg.max_len, "mask_side": cfg.mask_side, "dataset": cfg.dataset,
@@ -320,7 +320,8 @@ class MLMTask:
         return evaluation["dev_top1"]
 
     def export(self, tr: Trainer, model, step: int, scores: dict) -> dict:
-        export_pretrained(model, tr.tokenizer, tr.model_cfg.replace(dtype="float32"), tr.out / "model", head="mlm")
+        export_pretrained(model, tr.tokenizer, tr.model_cfg.replace(dtype="float32"), tr.out / "model", head="mlm",
+                          overwrite=True)
         cfg = self.cfg
         return {"model_dir": "model", "task": "mlm", "max_len": cfg.max_len, "dataset": cfg.dataset,
                 "mlm_probability": cfg.mlm_probability, "whole_word_mask": cfg.whole_word_mask, "step": step,

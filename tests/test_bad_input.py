@@ -110,7 +110,14 @@ FLAG_ERRORS = [  # (command line, expected fragment of the error)
     (CERTIFY + ["--beta", "mc", "--n-r", "0"], "n_r must be >= 1, got 0"),
     (CERTIFY + ["--batch-size", "0"], "batch_size must be >= 1, got 0"),
     (CERTIFY + ["--min-keep", "-5"], "min_keep must be >= 0, got -5"),
-    (CERTIFY + ["--exact-threshold", "-5"], "exact_threshold must be >= 0, got -5"),
+    (CERTIFY + ["--exact-threshold", "-5"], "exact_threshold must be in [0, 1e+07]"),
+    (CERTIFY + ["--exact-threshold", "100000000000"], "exact_threshold must be in [0, 1e+07] (every enumerated"),
+    (CERTIFY + ["--seed", "-1"], "seed must be an integer in [0, 2^32), got -1"),
+    (CERTIFY + ["--seed", "99999999999999999999999"], "seed must be an integer in [0, 2^32), got 9999"),
+    (CERTIFY + ["--dtype", "float8"], "dtype must be one of float32, bfloat16, float16, got 'float8'"),
+    (CERTIFY + ["--num-examples", "nine"], "argument --num-examples: invalid int value: 'nine'"),
+    (TRAIN + ["--seed", "-1"], "seed must be an integer in [0, 2^32), got -1"),
+    (TRAIN + ["--dtype", "float8"], "dtype must be one of float32, bfloat16, float16, got 'float8'"),
     (CERTIFY + ["--max-len", "0"], "max_len must be >= 1, got 0"),
     (CERTIFY + ["--rho", "1.5"], "rho must be in [0, 1], got 1.5"),
     (CERTIFY + ["--beta", "two"], "beta must be pc, one or mc, got 'two'"),
@@ -514,3 +521,136 @@ def test_sampled_copies_are_drawn_in_passes_whatever_n(bert_tokenizer, monkeypat
     cert = sc.certify(jax.random.key(0), FORTY, None, n0=100, n=1000, exact_threshold=0)
     assert cert.n == 1000 and max(sizes) <= 128
     assert float(jnp.asarray(pr.scores).sum()) == pytest.approx(1.0)
+
+
+# ---- the minor rows of the garbage probe ------------------------------------------------------------------------
+def test_none_means_all_for_optional_counts():
+    from attacks.run import AttackConfig
+    from ranmask_jax.cli import parse_config
+    from ranmask_jax.config import CertifyConfig
+
+    cfg = parse_config(CertifyConfig, ["--run-dir", "r", "--out", "o", "--num-examples", "none"], "p", "d")
+    assert cfg.num_examples is None
+    cfg = parse_config(AttackConfig, ["--run-dir", "r", "--out", "o", "--num-examples", "None", "--limit", "none"],
+                       "p", "d")
+    assert cfg.num_examples is None and cfg.limit is None
+
+
+def test_max_len_without_room_for_text(capsys, trained_run, tmp_path):  # noqa: F811
+    code = cli.certify_main(["--run-dir", str(trained_run), "--predict", str(_texts(tmp_path)), "--max-len", "1"])
+    assert "max_len 1 leaves no room for text beside the tokenizer's 2 special tokens" in _one_error_line(
+        code, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("kind", ["file", "dangling-symlink"])
+def test_out_that_is_not_a_directory(capsys, trained_run, tiny_setup, tmp_path, kind):  # noqa: F811
+    out = tmp_path / "out"
+    if kind == "file":
+        out.write_text("x")
+        want = f"{out}: a file, not a directory"
+    else:
+        out.symlink_to(tmp_path / "nowhere")
+        want = f"{out}: a symbolic link to {tmp_path / 'nowhere'}, which does not exist"
+    code = cli.certify_main(_certify_argv(trained_run, tiny_setup, out))
+    assert want in _one_error_line(code, capsys.readouterr().err)
+
+
+def test_a_malicious_pickle_is_one_line_even_when_allowed(capsys, trained_run, tmp_path):  # noqa: F811
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    run = _copy_run(trained_run, tmp_path)
+    (run / "model" / "model.safetensors").unlink()
+    (run / "model" / "pytorch_model.bin").write_bytes(pickle.dumps(Evil()))
+    code = cli.certify_main(["--run-dir", str(run), "--predict", str(_texts(tmp_path)), "--allow-pickle"])
+    assert "pytorch_model.bin: not a plain tensor checkpoint" in _one_error_line(code, capsys.readouterr().err)
+    assert not (tmp_path / "pwned").exists()
+
+
+RUN_META_VALUES = [("rho", 7, "rho must be a number in [0, 1], got 7"),
+                   ("min_keep", -3, "min_keep must be an integer >= 0, got -3"),
+                   ("min_keep", 2.5, "min_keep must be an integer >= 0, got 2.5"),
+                   ("max_len", -5, "max_len must be an integer >= 1, got -5"),
+                   ("label_names", 5, "label_names must be a list of strings, got 5"),
+                   ("mask_side", "middle", "mask_side must be first, second or both, got 'middle'")]
+
+
+@pytest.mark.parametrize("key,value,message", RUN_META_VALUES, ids=[f"{k}={v}" for k, v, _ in RUN_META_VALUES])
+def test_bad_values_in_the_run_file_name_it(capsys, trained_run, tmp_path, key, value, message):  # noqa: F811
+    run = _copy_run(trained_run, tmp_path)
+    meta = json.loads((run / "ranmask_run.json").read_text())
+    (run / "ranmask_run.json").write_text(json.dumps({**meta, key: value}))
+    code = cli.certify_main(["--run-dir", str(run), "--predict", "-", "--n", "5"])
+    assert f"ranmask_run.json: {message}" in _one_error_line(code, capsys.readouterr().err)
+
+
+def test_export_refuses_another_models_directory_and_overwrites_cleanly(tmp_path, bert_tokenizer):
+    from flax import nnx
+
+    from ranmask_jax.models import build_model, export_pretrained, load_pretrained, tiny
+
+    cfg = tiny(vocab_size=len(bert_tokenizer))
+    out = tmp_path / "m"
+    out.mkdir()
+    for stale in ("vocab.json", "merges.txt", "model.safetensors.index.json"):  # another model's files
+        (out / stale).write_text("{}")
+    (out / "notes.txt").write_text("mine")
+    model = build_model(cfg, rngs=nnx.Rngs(0))
+    with pytest.raises(FileExistsError, match=r"m: not empty .*pass overwrite=True"):
+        export_pretrained(model, bert_tokenizer, cfg, out)
+    export_pretrained(model, bert_tokenizer, cfg, out, overwrite=True)
+    names = {p.name for p in out.iterdir()}
+    assert not names & {"vocab.json", "merges.txt", "model.safetensors.index.json"} and "notes.txt" in names
+    load_pretrained(out)  # the directory holds one model
+
+
+def _summarize(script, *args):
+    return subprocess.run([sys.executable, str(ROOT / "experiments" / script), *map(str, args)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def test_summary_scripts_on_bad_input(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for script, arg, message in (("summarize.py", empty, "not a run directory"),
+                                 ("summarize_attacks.py", empty, "not an attack output directory")):
+        res = _summarize(script, arg)
+        assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
+    cell = tmp_path / "cell"
+    cell.mkdir()
+    (cell / "attack_config.json").write_text(json.dumps({"recipe": "deepwordbug", "ensemble": "vote"}))
+    row = {"index": 1, "status": "failed", "label": 0, "recheck_prediction": 0, "queries": 3, "seconds": 1.0,
+           "perturbed_fraction": 0.0}
+    (cell / "attack.jsonl").write_text(json.dumps(row) + "\n{garbage\n" + json.dumps(dict(row, index=2)) + "\n")
+    res = _summarize("summarize_attacks.py", cell)
+    assert res.returncode == 2 and "attack.jsonl:2: damaged row" in res.stderr and "Traceback" not in res.stderr
+    (cell / "attack.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(row) + "\n")
+    res = _summarize("summarize_attacks.py", cell)
+    assert res.returncode == 2 and "a second row for index 1" in res.stderr
+    runs = []
+    for n in (100, 200):  # two runs certified with other n: refused together
+        run = tmp_path / f"run{n}"
+        (run / "certify-test").mkdir(parents=True)
+        (run / "ranmask_run.json").write_text(json.dumps({"rho": 0.3, "step": 1}))
+        (run / "certify-test" / "certify_config.json").write_text(json.dumps({"n0": 10, "n": n, "alpha": 0.05}))
+        runs.append(run)
+    res = _summarize("summarize.py", *runs)
+    assert res.returncode == 2 and "different (n0, n, alpha)" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_attacks_search_only_the_words_the_model_reads(bert_tokenizer):
+    from attacks.constraints import WithinFirst
+    from attacks.run import words_read
+    from ranmask_jax.smoothing import SmoothedClassifier
+    from tests.classifiers import BagOfWords
+
+    sc = SmoothedClassifier(BagOfWords(len(bert_tokenizer)), bert_tokenizer, 0.3, max_len=16)
+    long_text = " ".join(["alpha", "antidisestablishment"] * 200)  # far past 16 tokens
+    n = words_read(sc, long_text)
+    read = bert_tokenizer(long_text, truncation=True, max_length=16)["input_ids"][1:-1]
+    assert 1 <= n < 16 and n == len(bert_tokenizer.decode(read).split())  # the last word may be cut
+    assert words_read(sc, "a short text") == 3
+    assert [i for i in range(40) if WithinFirst(n)(None, i)] == list(range(n))

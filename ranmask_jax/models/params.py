@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,7 +160,14 @@ def read_checkpoint(model_dir: str | Path, *, allow_pickle: bool = False) -> dic
             import torch
         except ImportError:
             raise CheckpointError(f"{pickled}: reading a pickled checkpoint needs torch (pip install torch)") from None
-        state = torch.load(pickled, map_location="cpu", weights_only=True)
+        try:
+            with warnings.catch_warnings():  # torch warns about the pickle protocol before it refuses the file
+                warnings.simplefilter("ignore", UserWarning)
+                state = torch.load(pickled, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch's weights-only unpickler refuses anything but tensors: name it, one line
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            raise CheckpointError(f"{pickled}: not a plain tensor checkpoint; torch refused to load it with "
+                                  f"weights_only=True ({type(e).__name__}: {first})") from None
         tensors = {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
     else:
         raise FileNotFoundError(

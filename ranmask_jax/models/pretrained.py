@@ -53,6 +53,29 @@ def _hub_dir(repo_id: str) -> Path:
     return Path(path)
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+# what each setting of a run's ranmask_run.json may hold: (test, what it must be)
+RUN_META_FIELDS = {
+    "rho": (lambda x: isinstance(x, int | float) and not isinstance(x, bool) and 0 <= x <= 1, "a number in [0, 1]"),
+    "min_keep": (lambda x: _is_int(x) and x >= 0, "an integer >= 0"),
+    "max_len": (lambda x: _is_int(x) and x >= 1, "an integer >= 1"),
+    "mask_side": (lambda x: x in ("first", "second", "both"), "first, second or both"),
+    "label_names": (lambda x: x is None or isinstance(x, list) and all(isinstance(n, str) for n in x),
+                    "a list of strings"),
+    "model_dir": (lambda x: isinstance(x, str) and bool(x), "a directory name"),
+}
+
+
+def check_run_meta(meta: dict, path: Path) -> None:
+    """Refuse a run file whose settings are of the wrong kind or out of range, naming the file and the field."""
+    for key, (ok, what) in RUN_META_FIELDS.items():
+        if key in meta and not ok(meta[key]):
+            raise ValueError(f"{path}: {key} must be {what}, got {meta[key]!r}")
+
+
 def resolve(name_or_path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     """Map a model name to a local HF-style directory, plus run metadata if it is a ranmask-jax run."""
     name = str(name_or_path)
@@ -62,6 +85,9 @@ def resolve(name_or_path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     if p.is_dir():
         if (p / RUN_META).exists():
             meta = read_json(p / RUN_META)
+            if not isinstance(meta, dict):
+                raise ValueError(f"{p / RUN_META}: expected a JSON object, got {type(meta).__name__}")
+            check_run_meta(meta, p / RUN_META)
             return p / meta.get("model_dir", "model"), meta
         if not (p / "config.json").exists():
             raise FileNotFoundError(f"{p}: not a model directory (no config.json) and not a ranmask-jax run "
@@ -131,11 +157,31 @@ def check_vocabulary(tokenizer, vocab_size: int, where: str) -> None:
                               "config.json?)")
 
 
+# files of a model directory that a new export replaces (weights in every layout, configs, tokenizers)
+_MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors",
+                "pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*-of-*.bin", "tokenizer.json",
+                "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json",
+                "merges.txt", "generation_config.json")
+
+
 def export_pretrained(model: nnx.Module, tokenizer, cfg: ModelConfig, out_dir: str | os.PathLike,
-                      head: Head = "classification", label_names: list[str] | None = None) -> Path:
+                      head: Head = "classification", label_names: list[str] | None = None, *,
+                      overwrite: bool = False) -> Path:
     """Write ``config.json``, ``model.safetensors`` and the tokenizer in HF layout; transformers' PyTorch classes
-    (``AutoModelForSequenceClassification`` etc.) load the directory and give the same logits."""
+    (``AutoModelForSequenceClassification`` etc.) load the directory and give the same logits.
+
+    A directory that already holds files is refused unless ``overwrite``; then every model file there (weights of
+    any layout, configs, tokenizer files) is removed first, so nothing of the earlier model is left beside the new
+    one."""
     out = Path(out_dir)
+    present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if present and not overwrite:
+        raise FileExistsError(f"{out}: not empty ({', '.join(present[:4])}{', ...' if len(present) > 4 else ''}); "
+                              "export into an empty directory, or pass overwrite=True to replace the model there")
+    if present:
+        for pattern in _MODEL_FILES:
+            for stale in out.glob(pattern):
+                stale.unlink()
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.to_hf_dict(head, label_names), indent=2) + "\n")
     save_file(to_hf_tensors(model, cfg, head), str(out / "model.safetensors"), metadata={"format": "pt"})
