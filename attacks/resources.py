@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 
 DATA = Path(__file__).parent / "data"
 WORDNET_DIRS = ("/usr/share/wordnet", "/usr/local/share/wordnet", "/opt/homebrew/share/wordnet")
+WORDNET_ENV = "RANMASK_WORDNET_DIR"  # a directory of WordNet's data files, looked in first
 POS_FILES = {"n": "noun", "v": "verb", "a": "adj", "r": "adv"}
 
 
@@ -36,12 +38,14 @@ class WordNet:
     """Parts of speech and antonyms from WordNet's data files (``dict_dir``: where ``index.noun`` etc. live)."""
 
     def __init__(self, dict_dir: str | Path | None = None):
+        dict_dir = dict_dir or os.environ.get(WORDNET_ENV)
         self.dir = Path(dict_dir) if dict_dir else next((Path(d) for d in WORDNET_DIRS
                                                          if (Path(d) / "index.noun").exists()), None)
         if self.dir is None or not (self.dir / "index.noun").exists():
-            raise FileNotFoundError("WordNet 3.0 data files not found (looked in " + ", ".join(WORDNET_DIRS) +
-                                    "); install them (Debian/Ubuntu: apt install wordnet-base) or pass their "
-                                    "directory")
+            raise FileNotFoundError("WordNet 3.0 data files not found (looked in " + ", ".join(
+                                        [str(self.dir)] if self.dir else WORDNET_DIRS) +
+                                    "); install them (Debian/Ubuntu: apt install wordnet-base) or set "
+                                    f"${WORDNET_ENV} to the directory that holds index.noun")
         self.lemmas = {p: self._index(f"index.{name}") for p, name in POS_FILES.items()}
         self.exceptions = {p: self._exceptions(f"{name}.exc") for p, name in POS_FILES.items()}
         self._antonyms: dict[str, set[str]] | None = None

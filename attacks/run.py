@@ -22,7 +22,7 @@ import numpy as np
 from ranmask_jax import distributed, ensembles
 from ranmask_jax.config import SmoothedRunConfig, check_resume_config, opt
 from ranmask_jax.data import DataError
-from ranmask_jax.files import RowFile, fingerprint_files, fingerprint_rows
+from ranmask_jax.files import RowFile, fingerprint_files, fingerprint_rows, write_text
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,7 @@ def attack_dataset(cfg: AttackConfig) -> dict:
         mlm_probe,
         model_probe,
         same_probe,
+        same_rows,
         select_indices,
     )
 
@@ -173,7 +174,8 @@ def attack_dataset(cfg: AttackConfig) -> dict:
                                    "model_probe": probe, **({"mlm_probe": mlm_now} if mlm_now else {})},
                             same_model=lambda stored: {"probe_difference": same_probe(stored, probe,
                                                                                       mlm_now=mlm_now),
-                                                       **same_answers(rowfile.rows, make_scorer, cfg)})
+                                                       **same_answers(rowfile.rows, make_scorer, cfg)},
+                            same_data=lambda: same_rows(rowfile.rows, ds))
         indices = limit_indices(indices, cfg.limit, cfg.seed)
         recipe = RECIPES[cfg.recipe](unk_token=sc.tokenizer.unk_token, **kw)
         done = {r["index"] for r in rowfile.rows}
@@ -251,11 +253,12 @@ def write_summary(out: Path, rows: list[dict], cfg: AttackConfig, settings: dict
         + (" + LM sampling" if cfg.sampling == "lm" else "") + (", cached" if cfg.cache else ""))
     summary = {**s, "recipe": cfg.recipe, "defense": defense, "rho": settings["rho"], "recipe_params": params,
                "config": dataclasses.asdict(cfg)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     pct = lambda x: "-" if x is None else f"{100 * x:.1f}"  # noqa: E731
     num = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
     name = DISPLAY_NAMES.get(cfg.dataset, cfg.dataset)
-    (out / "table.md").write_text(
+    write_text(
+        out / "table.md",
         f"{cfg.recipe} on {name} {cfg.split} ({s['n']} examples), {defense}\n\n"
         "| Cln % | Boa % | Boa % (recheck) | Succ % | queries | perturbed words % | s / attacked example |\n"
         "|---|---|---|---|---|---|---|\n"

@@ -24,9 +24,9 @@ import numpy as np
 
 from ranmask_jax import distributed, metrics
 from ranmask_jax.config import CertifyConfig, check_resume_config
-from ranmask_jax.data import DataError
+from ranmask_jax.data import DataError, read_lines
 from ranmask_jax.engine import NonFiniteLogits
-from ranmask_jax.files import RowFile, fingerprint_rows, read_rows
+from ranmask_jax.files import RowFile, fingerprint_rows, read_rows, write_text
 from ranmask_jax.progress import Heartbeat
 from ranmask_jax.runs import (
     dataset_title,
@@ -36,6 +36,7 @@ from ranmask_jax.runs import (
     no_certificate,
     same_counts,
     same_probe,
+    same_rows,
     select_indices,
     smoothed_from_run,
 )
@@ -79,7 +80,8 @@ def certify_dataset(cfg: CertifyConfig) -> dict:
                                    **({"mlm_probe": mlm_now} if mlm_now else {})},
                             same_model=lambda stored: {"probe_difference": same_probe(stored, probe,
                                                                                       mlm_now=mlm_now),
-                                                       **same_counts(rowfile.rows + others, score)})
+                                                       **same_counts(rowfile.rows + others, score)},
+                            same_data=lambda: same_rows(rowfile.rows + others, ds))
         rows = rowfile.rows + others
         done = {r["index"] for r in rows}
         todo = [int(i) for i in indices if int(i) not in done][rank::world]
@@ -163,20 +165,20 @@ def write_summary(out: Path, rows: list[dict], cfg: CertifyConfig, settings: dic
                    "seconds_total": round(sum(r["seconds"] for r in rows), 2), "rho": settings["rho"],
                    "sampling": settings["sampling"], "purifier": settings["purifier"],
                    "empirical_only": settings["empirical_only"], "config": dataclasses.asdict(cfg)}
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
         how = "".join([", LM-based sampling (empirical only)" if settings["sampling"] == "lm" else "",
                        ", MaskPure refill" if settings["purifier"] else ""])
-        (out / "table.md").write_text(f"accuracy of g on {name} ({len(rows)} texts, vote over n0={cfg.n0} copies, "
-                                      f"rho={settings['rho']}{how}): {100 * summary['accuracy']:.2f}%\n")
+        write_text(out / "table.md", f"accuracy of g on {name} ({len(rows)} texts, vote over n0={cfg.n0} copies, "
+                                     f"rho={settings['rho']}{how}): {100 * summary['accuracy']:.2f}%\n")
         return summary
     summary = metrics.summarize(rows)
     summary.update(seconds_total=round(sum(r["seconds"] for r in rows), 2),
                    config={k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("predict", "radius")},
                    rho=settings["rho"], min_keep=settings["min_keep"], max_len=settings["max_len"],
                    purifier=settings["purifier"])
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     title = f"{name}, rho = {settings['rho']}, n0 = {cfg.n0}, n = {cfg.n}, alpha = {cfg.alpha}"
-    (out / "table.md").write_text(metrics.markdown_table(summary, title))
+    write_text(out / "table.md", metrics.markdown_table(summary, title))
     curves = {f"rho = {settings['rho']}, {metrics.BETA_NAMES[b]}": s for b, s in summary["by_beta"].items()}
     metrics.plot_certified_accuracy(curves, out / "certified-accuracy", title=name, n=len(rows))
     return summary
@@ -188,42 +190,43 @@ def predict_texts(cfg: CertifyConfig) -> list[dict]:
     if settings["empirical_only"] and cfg.radius:
         raise ValueError(no_certificate(cfg))
     names = settings["label_names"] or [f"LABEL_{i}" for i in range(sc.num_labels)]
-    src = sys.stdin if cfg.predict == "-" else open(cfg.predict, encoding="utf-8")
+    where = Path("<stdin>" if cfg.predict == "-" else cfg.predict)
+    lines = read_lines(where, cfg.encoding, stream=sys.stdin.buffer if cfg.predict == "-" else None)
     results = []
     root = jax.random.key(cfg.seed)
     thr = cfg.n if cfg.exact_threshold is None else cfg.exact_threshold
-    with src:
-        for lineno, line in enumerate(src, 1):
-            if not line.strip():
-                continue
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) > 2:
-                raise DataError(f"{cfg.predict}:{lineno}: expected a text or premise<TAB>hypothesis")
-            text, pair = parts[0], (parts[1] if len(parts) == 2 else None)
-            key = jax.random.fold_in(root, lineno)
-            try:
-                if cfg.radius:  # label, votes and radius from one certificate
-                    cert = sc.certify(key, text, None, pair, n0=cfg.n0, n=cfg.n, alpha=cfg.alpha, beta=cfg.beta,
-                                      exact_threshold=thr, n_r=cfg.n_r)
-                else:
-                    pred = sc.predict(key, text, pair, n=cfg.n, exact_threshold=thr)
-            except NonFiniteLogits:
-                raise
-            except ValueError as e:  # empty text, a text with no room beside the special tokens
-                raise DataError(f"{cfg.predict}:{lineno}: {e}") from None
-            if cfg.radius:
-                row = {"line": lineno, "text": text, "label": names[cert.prediction], "label_id": cert.prediction,
-                       "votes": dict(zip(names, cert.counts, strict=True)), "n": cert.n, "h": cert.h, "k": cert.k,
-                       "n0": sum(cert.counts0) if cert.counts0 else 0, "radius": cert.radius,
-                       "beta_mode": cert.beta_mode, "beta": cert.beta, "radius_one": cert.radius_one,
-                       "radius_pc": cert.radius_pc, "p_lower": cert.p_lower, "mode": cert.mode}
-                if cert.radius_mc is not None:
-                    row["radius_mc"] = cert.radius_mc
+    for lineno, line in enumerate(lines, 1):  # one row per line of the file (lines end at \n only)
+        if not line.strip():
+            continue
+        line = line[:-1] if line.endswith("\n") else line
+        parts = (line[:-1] if line.endswith("\r") else line).split("\t")
+        if len(parts) > 2:
+            raise DataError(f"{cfg.predict}:{lineno}: expected a text or premise<TAB>hypothesis")
+        text, pair = parts[0], (parts[1] if len(parts) == 2 else None)
+        key = jax.random.fold_in(root, lineno)
+        try:
+            if cfg.radius:  # label, votes and radius from one certificate
+                cert = sc.certify(key, text, None, pair, n0=cfg.n0, n=cfg.n, alpha=cfg.alpha, beta=cfg.beta,
+                                  exact_threshold=thr, n_r=cfg.n_r)
             else:
-                row = {"line": lineno, "text": text, "label": names[pred.label], "label_id": pred.label,
-                       "votes": dict(zip(names, pred.counts, strict=True)), "n": pred.n, "h": pred.h, "k": pred.k}
-            if pair is not None:
-                row["text_pair"] = pair
-            print(json.dumps(row), flush=True)
-            results.append(row)
+                pred = sc.predict(key, text, pair, n=cfg.n, exact_threshold=thr)
+        except NonFiniteLogits:
+            raise
+        except ValueError as e:  # empty text, a text with no room beside the special tokens
+            raise DataError(f"{cfg.predict}:{lineno}: {e}") from None
+        if cfg.radius:
+            row = {"line": lineno, "text": text, "label": names[cert.prediction], "label_id": cert.prediction,
+                   "votes": dict(zip(names, cert.counts, strict=True)), "n": cert.n, "h": cert.h, "k": cert.k,
+                   "n0": sum(cert.counts0) if cert.counts0 else 0, "radius": cert.radius,
+                   "beta_mode": cert.beta_mode, "beta": cert.beta, "radius_one": cert.radius_one,
+                   "radius_pc": cert.radius_pc, "p_lower": cert.p_lower, "mode": cert.mode}
+            if cert.radius_mc is not None:
+                row["radius_mc"] = cert.radius_mc
+        else:
+            row = {"line": lineno, "text": text, "label": names[pred.label], "label_id": pred.label,
+                   "votes": dict(zip(names, pred.counts, strict=True)), "n": pred.n, "h": pred.h, "k": pred.k}
+        if pair is not None:
+            row["text_pair"] = pair
+        print(json.dumps(row), flush=True)
+        results.append(row)
     return results

@@ -21,6 +21,11 @@ SEED_LIMIT = 2**32  # seeds are in [0, 2^32): one 32-bit word of the root PRNG k
 MAX_EXACT = 10**7  # the most keep sets exact mode may enumerate (every one is classified: memory and time)
 
 
+def normal_path(path: str) -> str:
+    """A directory flag as one spelling: ``runs/x/`` and ``runs/x`` are the same run (resume compares configs)."""
+    return os.path.normpath(path) if path else path
+
+
 def check_seed(seed: int) -> None:
     if not 0 <= seed < SEED_LIMIT:
         raise ValueError(f"seed must be an integer in [0, 2^32), got {seed}")
@@ -91,6 +96,7 @@ class TrainConfig:
     def __post_init__(self):
         if not self.out_dir:
             raise ValueError("out_dir is required")
+        self.out_dir = normal_path(self.out_dir)
         if not 0.0 <= self.rho < 1.0:
             raise ValueError(f"rho must be in [0, 1), got {self.rho}")
         for name in ("batch_size", "epochs", "max_len", "checkpoint_every", "log_every", "keep_checkpoints"):
@@ -152,6 +158,9 @@ class SmoothedRunConfig:
     def __post_init__(self):
         if not self.run_dir:
             raise ValueError("run_dir is required")
+        self.run_dir = normal_path(self.run_dir)
+        if getattr(self, "out", ""):
+            self.out = normal_path(self.out)
         if self.sampling not in ("uniform", "lm"):
             raise ValueError(f"sampling must be uniform or lm, got {self.sampling!r}")
         if self.sampling == "lm" and not self.lm:
@@ -264,7 +273,8 @@ PROBES = ("model_probe", "mlm_probe")
 
 def check_resume_config(path: str | Path, cfg: Any, may_change: tuple[str, ...], started: bool,
                         extra: dict | None = None, write: bool = True,
-                        same_model: Callable[[dict], dict] | None = None) -> None:
+                        same_model: Callable[[dict], dict] | None = None,
+                        same_data: Callable[[], None] | None = None) -> None:
     """Write ``cfg`` (and ``extra``, e.g. fingerprints of the model weights and the data) to ``path``. If a run
     that ``started`` (left checkpoints or rows) wrote one there, refuse a config that differs in any field outside
     ``may_change``: resuming with other settings would silently mix two experiments. A run that failed before
@@ -276,7 +286,9 @@ def check_resume_config(path: str | Path, cfg: Any, may_change: tuple[str, ...],
     on a few texts (``model_probe``, ``mlm_probe``, kept in the config; never a difference by themselves) and
     re-asks questions the run already answered, and returns what it compared, or raises ValueError saying how the
     answers differ. Accepted, the earlier fingerprints and the comparison are kept in the config's
-    ``earlier_weights``, so the rows say which weights produced them."""
+    ``earlier_weights``, so the rows say which weights produced them. Likewise ``same_data()`` decides when only
+    the selected data rows changed (a resumable flag such as ``num_examples`` selects others): it raises ValueError
+    unless every row already written is the same text and label in the data now."""
     from ranmask_jax.files import read_json
 
     path = Path(path)
@@ -296,6 +308,10 @@ def check_resume_config(path: str | Path, cfg: Any, may_change: tuple[str, ...],
                                  f"differently: {e}); use a new output directory") from None
             history.append({**{k: before[k] for k in diff}, **checked})
             diff = []
+        if "data_fingerprint" in diff and same_data is not None:
+            # another selection (e.g. --num-examples changed): fine while every written row is still the data's
+            same_data()
+            diff.remove("data_fingerprint")
         if diff:
             what = {**WEIGHT_FINGERPRINTS, "data_fingerprint": "the selected data rows"}
             changes = ", ".join(f"{what[k]} changed" if k in what else f"{k}: {before.get(k)!r} -> {now[k]!r}"

@@ -90,12 +90,33 @@ def _need(path: Path) -> Path:
     return path
 
 
-def _lines(path: Path, encoding: str = "utf-8") -> Iterator[str]:
-    """The decoded lines of a text file (optionally .gz), newlines kept. A byte-order mark is dropped; a byte that
-    is not valid in ``encoding`` is an error naming the file, line and column."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(_need(path), "rb") as f:
-        for i, raw in enumerate(f, 1):
+def read_lines(path: Path, encoding: str = "utf-8", stream=None) -> Iterator[str]:
+    """The decoded lines of a text file (optionally .gz), newlines kept; lines end at ``\\n`` only (a lone ``\\r``
+    stays inside its line, as in every reader here). A UTF-8 byte-order mark is dropped. A byte that is not valid in
+    ``encoding``, a truncated or non-gzip ``.gz`` and an unreadable file are errors naming the file and line.
+    ``stream``: read this binary stream instead of opening ``path`` (which then only names it, e.g. stdin)."""
+    import contextlib
+    import zlib
+
+    if stream is not None:
+        ctx = contextlib.nullcontext(stream)
+    else:
+        ctx = (gzip.open if path.suffix == ".gz" else open)(_need(path), "rb")
+    with ctx as f:
+        i = 0
+        while True:
+            try:
+                raw = f.readline()
+            except gzip.BadGzipFile:
+                raise DataError(f"{path}: not a gzip file (its name ends in .gz)") from None
+            except (EOFError, zlib.error) as e:
+                raise DataError(f"{path}:{i + 1}: the compressed file ends early or is damaged ({type(e).__name__}: "
+                                f"{e}); {i} complete lines were read before it") from None
+            except OSError as e:
+                raise DataError(f"{path}:{i + 1}: cannot read ({e.strerror or e})") from None
+            if not raw:
+                return
+            i += 1
             if i == 1 and raw.startswith(b"\xef\xbb\xbf") and encoding.replace("_", "-").lower() in ("utf-8", "utf8"):
                 raw = raw[3:]
             try:
@@ -105,6 +126,7 @@ def _lines(path: Path, encoding: str = "utf-8") -> Iterator[str]:
                                 f"{encoding} (pass --encoding, e.g. latin-1, if the file uses another one)") from None
             except LookupError:
                 raise DataError(f"unknown --encoding {encoding!r}") from None
+
 
 
 def _clean(text: str, where: str) -> str:
@@ -163,7 +185,7 @@ class LabelMap:
 
 def _tsv_rows(path: Path, n_fields: int, layout: str, encoding: str = "utf-8") -> Iterator[tuple[str, list[str]]]:
     """``(where, fields)`` for each non-blank line of a tab-separated file with exactly ``n_fields`` fields."""
-    for i, line in enumerate(_lines(path, encoding), 1):
+    for i, line in enumerate(read_lines(path, encoding), 1):
         if not line.strip():
             continue
         parts = line.rstrip("\r\n").split("\t")
@@ -179,7 +201,7 @@ def _csv_records(path: Path, delimiter: str, encoding: str = "utf-8", multiline:
     quote) is an error naming the line where it opened, unless ``multiline`` fields are allowed. No field-size
     limit."""
     csv.field_size_limit(2**31 - 1)
-    reader = csv.reader(_lines(path, encoding), delimiter=delimiter, strict=True)
+    reader = csv.reader(read_lines(path, encoding), delimiter=delimiter, strict=True)
     start = 1
     while True:
         try:
@@ -271,7 +293,7 @@ PRESETS = {"sst2": _sst2, "ag_news": _ag_news, "imdb": _imdb, "snli": _snli}
 # ---- generic local files ----------------------------------------------------------------------------------------
 def _jsonl_rows(path: Path, text_field: str, pair_field: str | None, label_field: str, labels: LabelMap,
                 encoding: str = "utf-8") -> Iterator[tuple[str, int, str | None]]:
-    for i, line in enumerate(_lines(path, encoding), 1):
+    for i, line in enumerate(read_lines(path, encoding), 1):
         if not line.strip():
             continue
         where = f"{path}:{i}"
@@ -288,7 +310,7 @@ def _jsonl_rows(path: Path, text_field: str, pair_field: str | None, label_field
 def _json_array_rows(path: Path, text_field: str, pair_field: str | None, label_field: str, labels: LabelMap,
                      encoding: str = "utf-8") -> Iterator[tuple[str, int, str | None]]:
     """A .json file: one JSON array of objects. Errors name the line (parse errors) or the item."""
-    text = "".join(_lines(path, encoding))
+    text = "".join(read_lines(path, encoding))
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -313,8 +335,9 @@ def _fields(row: dict, where: str, text_field: str, pair_field: str | None, labe
         value = row.get(fld) if fld is not None else None
         if value is not None and (not isinstance(value, str | int | float) or isinstance(value, bool)):
             raise DataError(f"{where} field {fld!r}: expected text, got a JSON {type(value).__name__}")
-    text = _clean(str(row[text_field] or ""), f"{where} field {text_field!r}")
-    pair = _clean(str(row[pair_field] or ""), f"{where} field {pair_field!r}") if pair_field else None
+    text = _clean("" if row[text_field] is None else str(row[text_field]), f"{where} field {text_field!r}")
+    pair = _clean("" if row[pair_field] is None else str(row[pair_field]), f"{where} field {pair_field!r}") \
+        if pair_field else None
     return text, labels(row[label_field], f"{where} field {label_field!r}"), pair
 
 

@@ -9,6 +9,7 @@ the line.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -32,6 +33,28 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise FileError(f"{path}: damaged JSON ({e}); restore it or delete the run directory") from None
+
+
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike):
+    """Write a file whole or not at all: yields a temporary name beside ``path``, renamed to ``path`` when the
+    block succeeds and removed when it fails. A write error (a full disk) is an ``OSError`` naming ``path``; the
+    earlier version of the file, if any, is left as it was."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OSError(f"{path}: cannot write it ({e.strerror or e}); nothing was replaced") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """``path``'s new contents, whole or not at all (``replacing``)."""
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def fingerprint_files(paths: list[Path]) -> str:
@@ -69,14 +92,16 @@ def parse_rows(data: bytes, path: Path, key: str, seen: dict | None = None) -> l
     """The rows of a JSONL file's complete lines; a damaged row, a row without ``key`` or a second row for a key
     (also across files, through ``seen``) is a ``FileError`` naming the line."""
     rows, seen = [], {} if seen is None else seen
-    for i, line in enumerate(data.decode("utf-8", errors="replace").split("\n"), 1):
+    lines = data.decode("utf-8", errors="replace").split("\n")
+    last = max((i for i, line in enumerate(lines, 1) if line.strip()), default=0)
+    for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            raise FileError(f"{path}:{i}: damaged row in the middle of the file; remove that line to resume") \
-                from None
+            where = "the last row is complete but not JSON" if i == last else "damaged row in the middle of the file"
+            raise FileError(f"{path}:{i}: {where}; remove that line to resume") from None
         k = row.get(key) if isinstance(row, dict) else None
         if k is None:
             raise FileError(f"{path}:{i}: row without {key!r}")
@@ -102,6 +127,10 @@ class RowFile:
 
     ``with RowFile(path) as rf: rf.rows ...; rf.append(row)``. Opening reads the existing rows (repairing a torn last
     row by truncation, refusing duplicates); each ``append`` is written, flushed and fsynced before it returns.
+
+    The lock is on the row file itself (``flock``, released by the OS when the process ends, even by kill -9), so
+    no second writer can get in by deleting some other file. ``PATH.lock`` beside it only says who is writing (pid
+    and start time) for the error a second run gets; it is removed on exit, and a stale one is harmless.
     """
 
     def __init__(self, path: str | os.PathLike, key: str = "index"):
@@ -109,7 +138,6 @@ class RowFile:
         self.key = key
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.rows: list[dict] = []
-        self._lock = None
         self._f = None
 
     def __enter__(self) -> RowFile:
@@ -120,25 +148,26 @@ class RowFile:
         if parent.exists() and not parent.is_dir():
             raise FileError(f"{parent}: a file, not a directory; give an output directory")
         parent.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.lock_path, "a+")
+        f = open(self.path, "a", encoding="utf-8")  # creates it; appends only
         try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self._lock.seek(0)
-            holder = self._lock.read().strip() or "another process"
-            self._lock.close()
+            f.close()
+            holder = self.lock_path.read_text().splitlines()[0] if self.lock_path.exists() else "another process"
             raise RunLocked(f"{self.path.parent}: another run is writing {self.path.name} ({holder}); wait for it to "
                             "finish, or use another output directory") from None
-        self._lock.seek(0)
-        self._lock.truncate()
-        self._lock.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        self._lock.flush()
         try:
+            if os.fstat(f.fileno()).st_ino != os.stat(self.path).st_ino:  # replaced between open and lock
+                raise RunLocked(f"{self.path}: replaced by another process while this run opened it; retry")
+            self.lock_path.write_text(
+                f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+                f"Only says who writes {self.path.name}: the lock is held on {self.path.name} itself and ends with "
+                "that process. Deleting this file changes nothing.\n")
             self.rows = self._load()
-            self._f = open(self.path, "a", encoding="utf-8")
         except BaseException:
-            self._release()
+            f.close()
             raise
+        self._f = f
         return self
 
     def _load(self) -> list[dict]:
@@ -159,19 +188,21 @@ class RowFile:
         return parse_rows(data, self.path, self.key)
 
     def append(self, row: dict) -> None:
-        self._f.write(json.dumps(row) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        """Write one row, flushed and fsynced; a write error (a full disk) names the file. A row cut by it is
+        dropped when the file is next opened, so the rows before it are kept."""
+        try:
+            self._f.write(json.dumps(row) + "\n")
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as e:
+            raise OSError(f"{self.path}: cannot write a row ({e.strerror or e}); the {len(self.rows)} rows before it "
+                          "are kept, and a rerun resumes after them") from None
         self.rows.append(row)
-
-    def _release(self) -> None:
-        if self._lock is not None:
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
-            self._lock.close()
-            self._lock = None
 
     def __exit__(self, *exc) -> None:
         if self._f is not None:
-            self._f.close()
+            with contextlib.suppress(OSError):  # the note is ours only while it names this process
+                if self.lock_path.read_text().startswith(f"pid {os.getpid()},"):
+                    self.lock_path.unlink()
+            self._f.close()  # releases the lock
             self._f = None
-        self._release()

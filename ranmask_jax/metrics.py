@@ -150,9 +150,14 @@ def plot_certified_accuracy(curves: dict[str, dict], path, title: str = "", n: i
     fig.tight_layout()
     stem = str(path)[:-4] if str(path).endswith((".png", ".pdf")) else str(path)
     written = [f"{stem}.png", f"{stem}.pdf"]
-    fig.savefig(written[0], dpi=200)
-    fig.savefig(written[1])
-    plt.close(fig)
+    from ranmask_jax.files import replacing
+
+    try:
+        for name, dpi in zip(written, (200, None), strict=True):
+            with replacing(name) as tmp:  # whole or not at all: a full disk leaves no empty figure
+                fig.savefig(tmp, dpi=dpi, format=name[-3:])
+    finally:
+        plt.close(fig)
     return written
 
 

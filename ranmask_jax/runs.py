@@ -174,6 +174,17 @@ def same_probe(stored: dict, now: list, tol: float = 1e-2, mlm_now: dict | None 
     return worst
 
 
+def same_rows(rows: list[dict], ds) -> None:
+    """Every written row (``index``, ``text``, ``label``) is still that example of ``ds``; ValueError naming the
+    first that is not."""
+    for r in rows:
+        i = r["index"]
+        ex = ds.examples[i] if 0 <= i < len(ds) else None
+        if ex is None or ex.text != r.get("text", ex.text) or ex.label != r.get("label", ex.label):
+            raise ValueError(f"the data changed: example {i} of {ds.source} is not the text and label of the row "
+                             "written for it; use a new output directory")
+
+
 def same_counts(rows: list[dict], score, k: int = 3) -> dict:
     """Whether the weights loaded now answer as the ones that wrote ``rows``: redo the first ``k`` rows with their
     own keys and compare the prediction and the vote counts. Float rounding can move a copy that sits on a tie:

@@ -56,6 +56,18 @@ def _check_writable(directory: Path) -> None:
         raise OSError(f"{directory}: cannot write checkpoints there ({e.strerror or e})") from None
 
 
+def _check_room(directory: Path, params) -> None:
+    """Fail before the first step when the disk cannot hold one checkpoint (parameters and AdamW's two moments)
+    and the exported model beside it, with 20% to spare."""
+    import shutil
+
+    size = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+    need, free = int(4 * size * 1.2), shutil.disk_usage(directory).free
+    if free < need:
+        raise OSError(f"{directory}: {free / 2**20:.0f} MiB free, but a checkpoint and the exported model need about "
+                      f"{need / 2**20:.0f} MiB; free some space or choose another --out-dir")
+
+
 @dataclasses.dataclass
 class EncodedSet:
     """A dataset tokenized once, whole (nothing truncated before masking), with word units. The per-slot arrays of
@@ -386,6 +398,7 @@ class Trainer:
                                                       cfg.warmup_steps, max(self.total_steps, cfg.warmup_steps + 1))
         self.tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
                               optax.adamw(schedule, weight_decay=cfg.weight_decay))
+        _check_room(self.out / "checkpoints", params)
         self.params = distributed.replicate(params, self.mesh)
         self.opt_state = distributed.replicate(self.tx.init(params), self.mesh)
         self.rest = distributed.replicate(self.rest, self.mesh)
@@ -422,10 +435,15 @@ class Trainer:
     def _save(self, mgr, step: int, progress: dict) -> None:
         import orbax.checkpoint as ocp
 
-        mgr.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave({"params": self.params, "opt_state": self.opt_state}),
-            progress=ocp.args.JsonSave(progress)))
-        mgr.wait_until_finished()
+        try:
+            mgr.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave({"params": self.params, "opt_state": self.opt_state}),
+                progress=ocp.args.JsonSave(progress)))
+            mgr.wait_until_finished()
+        except Exception as e:  # orbax and tensorstore raise many kinds for a full or failing disk: one line
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise OSError(f"{self.out / 'checkpoints'}: could not write the checkpoint of step {step} ({first}); "
+                          "the earlier checkpoints are kept and a rerun resumes from the last of them") from None
 
     def _restore(self, mgr) -> tuple[int, dict]:
         """Resume from the latest readable checkpoint. An unreadable one (a run killed while writing it, a damaged

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -328,7 +329,7 @@ def test_resume_notices_changed_weights_or_data(capsys, trained_run, tiny_setup,
     argv = _certify_argv(run, tiny_setup, out, "--num-examples", "2")
     argv[argv.index("--dataset") + 1] = str(data)
     code = cli.certify_main(argv)
-    assert "the selected data rows changed" in _one_error_line(code, capsys.readouterr().err)
+    assert "the data changed: example" in _one_error_line(code, capsys.readouterr().err)
     # other weights behind the same run directory
     from safetensors.numpy import load_file as load_st
     from safetensors.numpy import save_file
@@ -368,12 +369,44 @@ def test_rowfile_lock_is_released_by_a_killed_process(tmp_path):
     with pytest.raises(OSError, match="another run is writing rows.jsonl"):
         with RowFile(p):
             pass
+    # deleting the note beside it (or the note being stale) lets no second writer in: the lock is on the rows
+    assert "the lock is held on rows.jsonl itself" in rf_note(p)
+    p.with_name("rows.jsonl.lock").unlink()
+    with pytest.raises(OSError, match=r"another run is writing rows.jsonl \(another process\)"):
+        with RowFile(p):
+            pass
     proc.kill()
     proc.wait()
-    with RowFile(p) as rf:  # the OS released the lock with the process
+    with RowFile(p) as rf:  # the OS released the lock with the process; a stale note changes nothing
         assert rf.rows == []
-    with open(rf.lock_path) as f:  # and the lock is free again after a clean exit
+        rf.append({"index": 1})
+    assert not rf.lock_path.exists()  # removed on a clean exit
+    with open(p) as f:  # and the lock is free again
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def rf_note(p):
+    return p.with_name(p.name + ".lock").read_text()
+
+
+def test_deleting_the_lock_note_cannot_make_two_writers(trained_run, tiny_setup, tmp_path):  # noqa: F811
+    """Run A certifies; its lock note is deleted; run B into the same --out is refused, and A's rows are whole."""
+    out = tmp_path / "c"
+    slow = ["--n", "3000"]  # A is still writing when B starts
+    argv = [sys.executable, str(ROOT / "certify.py"), *_certify_argv(trained_run, tiny_setup, out, *slow)]
+    a = subprocess.Popen(argv, env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (out / "certify.jsonl.lock").exists() and a.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    (out / "certify.jsonl.lock").unlink()
+    b = run_cli("certify.py", _certify_argv(trained_run, tiny_setup, out, *slow))
+    assert a.poll() is None  # B ran while A held the rows
+    a.wait()
+    assert a.returncode == 0 and b.returncode == 2 and "another run is writing certify.jsonl" in b.stderr
+    rows = [json.loads(x) for x in (out / "certify.jsonl").read_text().splitlines()]
+    assert sorted(r["index"] for r in rows) == sorted({r["index"] for r in rows}) and len(rows) == 6
 
 
 # ---- garbage from the model: no certificate, vote or score is made of it -------------------------------------------
@@ -654,3 +687,153 @@ def test_attacks_search_only_the_words_the_model_reads(bert_tokenizer):
     assert 1 <= n < 16 and n == len(bert_tokenizer.decode(read).split())  # the last word may be cut
     assert words_read(sc, "a short text") == 3
     assert [i for i in range(40) if WithinFirst(n)(None, i)] == list(range(n))
+
+
+# ---- the second bad-input probe --------------------------------------------------------------------------------
+def test_damaged_gzip_names_the_file_and_line(tmp_path):
+    import gzip
+
+    good = b"".join(json.dumps({"text": f"text {i}", "label": i % 2}).encode() + b"\n" for i in range(2000))
+    whole = gzip.compress(good)
+    (tmp_path / "cut.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DataError, match=r"cut\.jsonl\.gz:\d+: the compressed file ends early or is damaged"):
+        load_file(tmp_path / "cut.jsonl.gz")
+    (tmp_path / "plain.jsonl.gz").write_bytes(good)
+    with pytest.raises(DataError, match=r"plain\.jsonl\.gz: not a gzip file"):
+        load_file(tmp_path / "plain.jsonl.gz")
+
+
+def test_predict_reads_files_as_every_reader_does(capsys, trained_run, tmp_path):  # noqa: F811
+    bad = tmp_path / "bytes.txt"
+    bad.write_bytes(b"a good film\nbad film \xff\n")
+    code = cli.certify_main(["--run-dir", str(trained_run), "--predict", str(bad), "--n", "5"])
+    line = _one_error_line(code, capsys.readouterr().err)
+    assert f"{bad}:2: byte 0xff at column 10 is not valid utf-8" in line
+    assert cli.certify_main(["--run-dir", str(trained_run), "--predict", str(bad), "--n", "5", "--encoding",
+                             "latin-1"]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert [r["line"] for r in rows] == [1, 2] and rows[1]["text"] == "bad film \u00ff"
+    odd = tmp_path / "cr.txt"  # a byte-order mark, a lone \r inside a line, CRLF endings: one row per line
+    odd.write_bytes(b"\xef\xbb\xbfa good\rfilm\r\nbad one\r\n")
+    assert cli.certify_main(["--run-dir", str(trained_run), "--predict", str(odd), "--n", "5"]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert [(r["line"], r["text"]) for r in rows] == [(1, "a good\rfilm"), (2, "bad one")]
+
+
+def test_a_full_disk_names_the_file_and_loses_nothing(capsys, trained_run, tiny_setup, tmp_path,  # noqa: F811
+                                                     monkeypatch):
+    import errno
+
+    import ranmask_jax.files as files
+
+    out = tmp_path / "c"
+    assert cli.certify_main(_certify_argv(trained_run, tiny_setup, out, "--num-examples", "2")) == 0
+    written = (out / "certify.jsonl").read_text()
+    capsys.readouterr()
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", full)  # the next row cannot be written
+    code = cli.certify_main(_certify_argv(trained_run, tiny_setup, out, "--num-examples", "4"))
+    line = _one_error_line(code, capsys.readouterr().err)
+    assert f"{out / 'certify.jsonl'}: cannot write a row (No space left on device)" in line
+    assert (out / "certify.jsonl").read_text().startswith(written)
+    monkeypatch.undo()
+    import matplotlib.figure
+
+    before = (out / "certified-accuracy.png").read_bytes()
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)  # now the figure cannot be written
+    code = cli.certify_main(_certify_argv(trained_run, tiny_setup, out, "--num-examples", "4"))
+    line = _one_error_line(code, capsys.readouterr().err)
+    assert "certified-accuracy.png: cannot write it (No space left on device); nothing was replaced" in line
+    assert (out / "certified-accuracy.png").read_bytes() == before  # the old figure, not an empty file
+    assert not list(out.glob(".*.tmp*"))
+    assert len((out / "certify.jsonl").read_text().splitlines()) >= 4  # every row was written before the summary
+
+
+def test_train_refuses_a_disk_that_cannot_hold_a_checkpoint(capsys, tiny_setup, tmp_path, monkeypatch):  # noqa: F811
+    import shutil
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1 << 16))
+    code = cli.train_main(train_args(tiny_setup, tmp_path / "t"))
+    line = _one_error_line(code, capsys.readouterr().err)
+    assert "0 MiB free, but a checkpoint and the exported model need about" in line
+    assert not any((tmp_path / "t" / "checkpoints").glob("[0-9]*"))
+
+
+@pytest.mark.parametrize("name", ["mysst2run", "nosuchdir/run"])
+def test_a_missing_run_dir_says_so_before_the_hub(capsys, tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = cli.certify_main(["--run-dir", name, "--predict", str(_texts(tmp_path))])
+    line = _one_error_line(code, capsys.readouterr().err)
+    assert f"{name}: no such local directory ({tmp_path / name} does not exist)" in line and "hub" in line
+
+
+API_ERRORS = [  # (keyword arguments of certify_many, expected fragment)
+    ({"n": 0}, "n must be an integer >= 1, got 0"),
+    ({"n0": 0}, "n0 must be an integer >= 1, got 0"),
+    ({"n": -5}, "n must be an integer >= 1, got -5"),
+    ({"n": 2.5}, "n must be an integer >= 1, got 2.5"),
+    ({"labels": [0, 1, 1]}, "one entry per text, got 2 keys, 2 texts, 3 labels"),
+    ({"texts": ["a b", 5]}, "text must be a string, got int"),
+    ({"texts": "a b"}, "texts must be a list of strings"),
+    ({"alpha": 0}, "alpha must be in (0, 1), got 0"),
+    ({"exact_threshold": 10**11}, "exact_threshold must be in [0, 1e+07]"),
+    ({"labels": [0, 7]}, "label 7 out of range for 2 classes"),
+]
+
+
+@pytest.mark.parametrize("kw,message", API_ERRORS, ids=[str(k) for k, _ in API_ERRORS])
+def test_the_python_api_checks_its_arguments(bert_tokenizer, kw, message):
+    import jax
+
+    from ranmask_jax.smoothing import SmoothedClassifier
+    from tests.classifiers import BagOfWords
+
+    sc = SmoothedClassifier(BagOfWords(len(bert_tokenizer)), bert_tokenizer, 0.3, max_len=32)
+    args = {"keys": [jax.random.key(0), jax.random.key(1)], "texts": ["a b c", "d e f"], "labels": [0, 1],
+            "n0": 10, "n": 20} | kw
+    with pytest.raises(ValueError) as e:
+        sc.certify_many(**args)
+    assert message in str(e.value)
+    if "labels" not in kw and "n0" not in kw:
+        pred = {k: v for k, v in args.items() if k not in ("labels", "n0")}
+        with pytest.raises(ValueError, match=re.escape(message)):
+            sc.predict_many(**pred)
+
+
+def test_resume_after_changing_a_resumable_flag_or_a_trailing_slash(capsys, trained_run, tiny_setup,  # noqa: F811
+                                                                     tmp_path):
+    out = tmp_path / "c"
+    assert cli.certify_main(_certify_argv(trained_run, tiny_setup, out, "--num-examples", "2")) == 0
+    assert cli.certify_main(_certify_argv(trained_run, tiny_setup, out, "--num-examples", "4")) == 0
+    assert cli.certify_main(_certify_argv(trained_run, tiny_setup, str(out) + "/", "--num-examples", "4")) == 0
+    argv = _certify_argv(trained_run, tiny_setup, out, "--num-examples", "4")
+    argv[argv.index("--run-dir") + 1] = str(trained_run) + "/"
+    assert cli.certify_main(argv) == 0
+    assert len((out / "certify.jsonl").read_text().splitlines()) >= 4
+
+
+def test_a_complete_garbage_last_row_is_named_as_such(tmp_path):
+    p = tmp_path / "rows.jsonl"
+    p.write_text('{"index": 1}\n{"index": 2}\nnot json at all\n')
+    with pytest.raises(FileError, match=r"rows\.jsonl:3: the last row is complete but not JSON"):
+        with RowFile(p):
+            pass
+
+
+def test_a_json_zero_is_text(tmp_path):
+    p = tmp_path / "zero.jsonl"
+    p.write_text('{"text": 0, "label": "a"}\n{"text": "one", "label": "b"}\n')
+    assert [e.text for e in load_file(p).examples] == ["0", "one"]
+
+
+def test_wordnet_can_be_pointed_at(monkeypatch, tmp_path):
+    from attacks.resources import WordNet
+
+    monkeypatch.setenv("RANMASK_WORDNET_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match=r"nowhere.*set \$RANMASK_WORDNET_DIR to the directory"):
+        WordNet()

@@ -48,8 +48,10 @@ def _hub_dir(repo_id: str) -> Path:
     try:
         path = snapshot_download(repo_id, allow_patterns=_HUB_FILES, etag_timeout=10, local_files_only=offline)
     except Exception as e:  # the hub client raises many types; all mean "could not get it"
-        raise OSError(f"could not load {repo_id!r} from the Hugging Face hub ({type(e).__name__}: "
-                      f"{str(e).splitlines()[0][:200]}). {alternatives}") from None
+        here = Path(repo_id).expanduser().absolute()
+        raise OSError(f"{repo_id}: no such local directory ({here} does not exist), and it could not be loaded from "
+                      f"the Hugging Face hub as a model id ({type(e).__name__}: {str(e).splitlines()[0][:160]}). "
+                      f"{alternatives}") from None
     return Path(path)
 
 
