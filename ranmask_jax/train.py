@@ -13,6 +13,7 @@ Every example of every step gets a fresh random mask at rate rho, drawn on the d
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -30,6 +31,7 @@ from flax import nnx
 from ranmask_jax import distributed
 from ranmask_jax.config import TrainConfig, check_resume_config
 from ranmask_jax.data import DataError, Dataset, is_file_dataset, load_dataset
+from ranmask_jax.files import write_text
 from ranmask_jax.masking import PAD, EncodedText, UniformKeepSets, bucket, build_masked, check_max_len, encode
 from ranmask_jax.models import export_pretrained, load_pretrained
 from ranmask_jax.models.pretrained import RUN_META
@@ -56,15 +58,37 @@ def _check_writable(directory: Path) -> None:
         raise OSError(f"{directory}: cannot write checkpoints there ({e.strerror or e})") from None
 
 
+@contextlib.contextmanager
+def _quiet_saving():
+    """While a checkpoint is written: orbax's background threads log a failed write as ERROR tracebacks, and each
+    of them prints "Event loop is closed" as it winds down, before and after the save raises. The raise becomes
+    one error line in the caller, so once a save has failed their echoes are held back for the rest of the process;
+    nothing is hidden while saves succeed."""
+    import sys
+    import threading
+
+    absl = logging.getLogger("absl")
+    saved = absl.level, threading.excepthook, sys.unraisablehook
+    absl.setLevel(logging.CRITICAL)
+    threading.excepthook = sys.unraisablehook = lambda *a: None
+    try:
+        yield
+    except BaseException:
+        raise  # the hooks stay quiet: the failed save's threads are still winding down
+    else:
+        absl.setLevel(saved[0])
+        threading.excepthook, sys.unraisablehook = saved[1], saved[2]
+
+
 def _check_room(directory: Path, params) -> None:
     """Fail before the first step when the disk cannot hold one checkpoint (parameters and AdamW's two moments)
-    and the exported model beside it, with 20% to spare."""
+    and the exported model beside it, uncompressed (orbax compresses, so this is an upper bound)."""
     import shutil
 
     size = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
-    need, free = int(4 * size * 1.2), shutil.disk_usage(directory).free
+    need, free = 4 * size, shutil.disk_usage(directory).free
     if free < need:
-        raise OSError(f"{directory}: {free / 2**20:.0f} MiB free, but a checkpoint and the exported model need about "
+        raise OSError(f"{directory}: {free / 2**20:.0f} MiB free, but a checkpoint and the exported model need up to "
                       f"{need / 2**20:.0f} MiB; free some space or choose another --out-dir")
 
 
@@ -247,10 +271,10 @@ class ClassifierTask:
         """The dev score that picks the kept model."""
         return evaluation.get("dev_smoothed_accuracy", evaluation["dev_masked_accuracy"])
 
-    def export(self, tr: Trainer, model, step: int, scores: dict) -> dict:
-        """Write the model; returns the run's ``ranmask_run.json``."""
-        export_pretrained(model, tr.tokenizer, tr.model_cfg.replace(dtype="float32"), tr.out / "model",
-                          label_names=tr.train_ds.label_names, overwrite=True)
+    def export(self, tr: Trainer, model, step: int, scores: dict, directory: Path) -> dict:
+        """Write the model into ``directory``; returns the run's ``ranmask_run.json``."""
+        export_pretrained(model, tr.tokenizer, tr.model_cfg.replace(dtype="float32"), directory,
+                          label_names=tr.train_ds.label_names)
         cfg = self.cfg
         return {"model_dir": "model", "task": "classification", "rho": cfg.rho, "min_keep": cfg.min_keep,
                 "max_len": cfg.max_len, "mask_side": cfg.mask_side, "dataset": cfg.dataset,
@@ -331,9 +355,8 @@ class MLMTask:
     def score(self, evaluation: dict) -> float:
         return evaluation["dev_top1"]
 
-    def export(self, tr: Trainer, model, step: int, scores: dict) -> dict:
-        export_pretrained(model, tr.tokenizer, tr.model_cfg.replace(dtype="float32"), tr.out / "model", head="mlm",
-                          overwrite=True)
+    def export(self, tr: Trainer, model, step: int, scores: dict, directory: Path) -> dict:
+        export_pretrained(model, tr.tokenizer, tr.model_cfg.replace(dtype="float32"), directory, head="mlm")
         cfg = self.cfg
         return {"model_dir": "model", "task": "mlm", "max_len": cfg.max_len, "dataset": cfg.dataset,
                 "mlm_probability": cfg.mlm_probability, "whole_word_mask": cfg.whole_word_mask, "step": step,
@@ -436,10 +459,11 @@ class Trainer:
         import orbax.checkpoint as ocp
 
         try:
-            mgr.save(step, args=ocp.args.Composite(
-                state=ocp.args.StandardSave({"params": self.params, "opt_state": self.opt_state}),
-                progress=ocp.args.JsonSave(progress)))
-            mgr.wait_until_finished()
+            with _quiet_saving():
+                mgr.save(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardSave({"params": self.params, "opt_state": self.opt_state}),
+                    progress=ocp.args.JsonSave(progress)))
+                mgr.wait_until_finished()
         except Exception as e:  # orbax and tensorstore raise many kinds for a full or failing disk: one line
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             raise OSError(f"{self.out / 'checkpoints'}: could not write the checkpoint of step {step} ({first}); "
@@ -473,10 +497,29 @@ class Trainer:
         return 0, {"best": None, "best_step": None}
 
     def _export_best(self, step: int, scores: dict) -> None:
+        """Export the model into ``model/`` whole or not at all: written beside it, then swapped in; any failure
+        (a full disk) is one error naming the directory, and the earlier model and the checkpoints are kept."""
         if not self.lead:
             return
-        meta = self.task.export(self, nnx.merge(self.eval_graphdef, self.params, self.rest), step, scores)
-        (self.out / RUN_META).write_text(json.dumps(meta, indent=2) + "\n")
+        import shutil
+
+        final, fresh, old = self.out / "model", self.out / ".model.new", self.out / ".model.old"
+        try:
+            shutil.rmtree(fresh, ignore_errors=True)
+            meta = self.task.export(self, nnx.merge(self.eval_graphdef, self.params, self.rest), step, scores, fresh)
+            shutil.rmtree(old, ignore_errors=True)
+            if final.exists():
+                final.rename(old)
+            fresh.rename(final)
+            write_text(self.out / RUN_META, json.dumps(meta, indent=2) + "\n")
+            shutil.rmtree(old, ignore_errors=True)
+        except Exception as e:  # transformers, safetensors and the OS raise many kinds for a full disk
+            shutil.rmtree(fresh, ignore_errors=True)
+            if old.exists() and not final.exists():
+                old.rename(final)
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise OSError(f"{final}: could not export the model of step {step} ({first}); the checkpoints are "
+                          "kept and a rerun resumes from the last of them") from None
 
     # -- the loop --------------------------------------------------------------------------------------------------
     def run(self) -> dict:
