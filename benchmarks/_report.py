@@ -37,3 +37,19 @@ def report(lines: list[str], result: dict, json_path: str | None) -> dict:
         with open(json_path, "a") as f:
             f.write(json.dumps(result) + "\n")
     return result
+
+
+def peak_rss_mib(argv: list[str]) -> tuple[float, float]:
+    """Peak resident set size (MiB) and wall time (s) of the command ``argv`` run as a child process (Linux:
+    ``os.wait4``'s ru_maxrss is in KiB); a failure raises with the end of its stderr."""
+    import os
+    import subprocess
+    import time
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{argv[:3]} failed:\n{err.decode()[-2000:]}")
+    return usage.ru_maxrss / 1024, time.perf_counter() - t0

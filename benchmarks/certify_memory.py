@@ -10,27 +10,13 @@ reported.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _report import add_run_flags, parser, report
+from _report import add_run_flags, parser, peak_rss_mib, report
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def peak_rss_mib(args: list[str]) -> tuple[float, float]:
-    """Peak RSS (MiB) and wall time (s) of ``certify.py args`` in a child process."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "certify.py"), *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"certify.py failed:\n{err.decode()[-2000:]}")
-    return usage.ru_maxrss / 1024, time.perf_counter() - t0  # Linux: ru_maxrss is in KiB
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -47,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
                 flags = ["--run-dir", args.run_dir, "--data-dir", args.data_dir, "--dataset", args.dataset,
                          "--num-examples", str(args.texts), "--n0", "100", "--n", str(n), "--exact-threshold", "0",
                          "--out", out] + (["--batch-size", str(args.batch_size)] if args.batch_size else [])
-                rss, wall = peak_rss_mib(flags)
+                rss, wall = peak_rss_mib([sys.executable, str(ROOT / "certify.py"), *flags])
             rows.append({"n": n, "rep": rep, "peak_rss_mib": round(rss, 1), "wall_s": round(wall, 1)})
             print(f"n = {n:>7}: peak RSS {rss:8.1f} MiB  ({wall:.0f} s)", flush=True)
     peak = {n: min(r["peak_rss_mib"] for r in rows if r["n"] == n) for n in args.n}

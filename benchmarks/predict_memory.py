@@ -10,12 +10,9 @@ voting is what is measured, not the model's); the child's peak resident set size
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import time
 
-from _report import parser, report
+from _report import parser, peak_rss_mib, report
 
 CHILD = r"""
 import sys, jax, jax.numpy as jnp
@@ -33,21 +30,11 @@ print(s.tolist())
 """
 
 
-def peak_rss_mib(n: int) -> tuple[float, float]:
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(n)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"scores failed:\n{err.decode()[-2000:]}")
-    return usage.ru_maxrss / 1024, time.perf_counter() - t0  # Linux: ru_maxrss is in KiB
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__, reps=1)
     p.add_argument("--n", type=int, nargs="+", default=[10000, 1000000], help="copies of the text")
     args = p.parse_args(argv)
-    rows = [(n, *peak_rss_mib(n)) for n in args.n]
+    rows = [(n, *peak_rss_mib([sys.executable, "-c", CHILD, str(n)])) for n in args.n]
     lines = [f"n = {n:>9}: peak RSS {rss:7.0f} MiB, {sec:6.1f} s" for n, rss, sec in rows]
     ratio = rows[-1][1] / rows[0][1]
     lines.append(f"peak RSS ratio, n = {rows[-1][0]} vs n = {rows[0][0]}: {ratio:.2f}x")

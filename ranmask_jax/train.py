@@ -231,18 +231,13 @@ class ClassifierTask:
                 return nnx.merge(tr.eval_graphdef, params, rest)(ids, attn, types)
 
             self._eval_logits = jax.jit(masked_logits, out_shardings=distributed.replicated(tr.mesh))
-        key = jax.random.fold_in(tr.root, 2**31 - 1)
         correct = 0
-        n = len(tr.dev)
-        for s in range(0, n, cfg.batch_size):
-            idx = np.arange(s, min(s + cfg.batch_size, n))
-            padded = np.concatenate([idx, np.full(cfg.batch_size - len(idx), idx[0])])
-            batch = tr.device_batch(tr.dev, padded)
-            logits = np.asarray(self._eval_logits(tr.params, tr.rest, batch, jax.random.fold_in(key, s)))
+        for idx, batch, key in tr.dev_batches():
+            logits = np.asarray(self._eval_logits(tr.params, tr.rest, batch, key))
             correct += int((logits[: len(idx)].argmax(-1) == tr.dev.labels[idx]).sum())
-        res = {"dev_masked_accuracy": correct / n}
+        res = {"dev_masked_accuracy": correct / len(tr.dev)}
         if cfg.eval_n > 0 and tr.dev_ds is not None:
-            res["dev_smoothed_accuracy"] = self._smoothed_accuracy(tr, key)
+            res["dev_smoothed_accuracy"] = self._smoothed_accuracy(tr, tr.eval_key)
         return res
 
     def _smoothed_accuracy(self, tr: Trainer, key) -> float:
@@ -337,14 +332,9 @@ class MLMTask:
                 return mlm.recovery_counts(logits, batch["input_ids"], selected)
 
             self._recovery = jax.jit(recovery, out_shardings=distributed.replicated(tr.mesh))
-        key = jax.random.fold_in(tr.root, 2**31 - 1)
         totals = np.zeros(3)
-        n = len(tr.dev)
-        for s in range(0, n, cfg.batch_size):
-            idx = np.arange(s, min(s + cfg.batch_size, n))
-            padded = np.concatenate([idx, np.full(cfg.batch_size - len(idx), idx[0])])
-            batch = tr.device_batch(tr.dev, padded)
-            per_row = np.asarray(self._recovery(tr.params, tr.rest, batch, jax.random.fold_in(key, s)))
+        for idx, batch, key in tr.dev_batches():
+            per_row = np.asarray(self._recovery(tr.params, tr.rest, batch, key))
             totals += per_row[: len(idx)].sum(0)  # the padding rows do not count
         return {"dev_masked_tokens": int(totals[0]), "dev_top1": totals[1] / max(totals[0], 1),
                 "dev_top5": totals[2] / max(totals[0], 1)}
@@ -447,6 +437,20 @@ class Trainer:
 
     def evaluate(self) -> dict:
         return self.task.evaluate(self)
+
+    @property
+    def eval_key(self) -> jax.Array:
+        """The key of every evaluation: the same masks and selections each epoch, so dev scores compare."""
+        return jax.random.fold_in(self.root, 2**31 - 1)
+
+    def dev_batches(self):
+        """``(rows, device batch, key)`` over the dev set in ``batch_size`` steps; the last batch is padded with
+        copies of its first row (``rows`` says which rows count); batch s draws from ``fold_in(eval_key, s)``."""
+        n, size = len(self.dev), self.cfg.batch_size
+        for s in range(0, n, size):
+            idx = np.arange(s, min(s + size, n))
+            padded = np.concatenate([idx, np.full(size - len(idx), idx[0])])
+            yield idx, self.device_batch(self.dev, padded), jax.random.fold_in(self.eval_key, s)
 
     # -- checkpoints -----------------------------------------------------------------------------------------------
     def _manager(self):

@@ -256,6 +256,10 @@ def test_duplicate_rows_are_an_error(tmp_path):
     with pytest.raises(FileError, match=r"certify\.jsonl:2: damaged row in the middle"):
         with RowFile(p):
             pass
+    p.write_text('{"index": 1}\n{"index": 2}\nnot json at all\n')  # complete, garbage, and last
+    with pytest.raises(FileError, match=r"certify\.jsonl:3: the last row is complete but not JSON"):
+        with RowFile(p):
+            pass
 
 
 def test_torn_last_row_is_cut_not_rewritten(tmp_path):
@@ -815,14 +819,6 @@ def test_resume_after_changing_a_resumable_flag_or_a_trailing_slash(capsys, trai
     argv[argv.index("--run-dir") + 1] = str(trained_run) + "/"
     assert cli.certify_main(argv) == 0
     assert len((out / "certify.jsonl").read_text().splitlines()) >= 4
-
-
-def test_a_complete_garbage_last_row_is_named_as_such(tmp_path):
-    p = tmp_path / "rows.jsonl"
-    p.write_text('{"index": 1}\n{"index": 2}\nnot json at all\n')
-    with pytest.raises(FileError, match=r"rows\.jsonl:3: the last row is complete but not JSON"):
-        with RowFile(p):
-            pass
 
 
 def test_a_json_zero_is_text(tmp_path):
