@@ -645,8 +645,22 @@ def test_export_refuses_another_models_directory_and_overwrites_cleanly(tmp_path
 
 
 def _summarize(script, *args):
-    return subprocess.run([sys.executable, str(ROOT / "experiments" / script), *map(str, args)],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    """``python experiments/SCRIPT ARGS`` run in this process: ``(returncode, stderr)``."""
+    import contextlib
+    import io
+    import runpy
+
+    err = io.StringIO()
+    argv, sys.argv = sys.argv, [script, *map(str, args)]
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            runpy.run_path(str(ROOT / "experiments" / script), run_name="__main__")
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    finally:
+        sys.argv = argv
+    return subprocess.CompletedProcess([script], code, "", err.getvalue())
 
 
 def test_summary_scripts_on_bad_input(tmp_path):
