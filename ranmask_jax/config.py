@@ -50,7 +50,8 @@ class TrainConfig:
     out_dir: str = opt("", "run directory: checkpoints, metrics.jsonl, the best model (loadable by load_pretrained)")
     model: str = opt("minilm-l6", "starting weights: minilm-l6, a local HF directory, or a hub id")
     dataset: str = opt("sst2", "preset (sst2, ag_news, imdb, snli), a .csv/.tsv/.jsonl file, or tfds:/hf: source")
-    data_dir: str | None = opt(None, "directory holding the preset datasets (default: $RANMASK_DATA_DIR)")
+    data_dir: str | None = opt(None, "directory holding the preset datasets (default: $RANMASK_DATA_DIR; sst2 "
+                                      "without either: the split shipped with the package)")
     train_split: str = opt("train", "split to train on")
     dev_split: str | None = opt("dev", "split to evaluate on each epoch (empty: none)")
     dev_file: str | None = opt(None, "for file datasets: a separate file for the dev split")
@@ -131,7 +132,8 @@ class SmoothedRunConfig:
 
     run_dir: str = opt("", "a training run directory (or any model directory with --rho)")
     dataset: str = opt("sst2", "preset, file, or tfds:/hf: source")
-    data_dir: str | None = opt(None, "directory holding the preset datasets (default: $RANMASK_DATA_DIR)")
+    data_dir: str | None = opt(None, "directory holding the preset datasets (default: $RANMASK_DATA_DIR; sst2 "
+                                      "without either: the split shipped with the package)")
     split: str = opt("test", "split to read")
     text_field: str | None = opt(None, "file datasets: the text column / key")
     pair_field: str | None = opt(None, "file datasets: the second text of a pair")

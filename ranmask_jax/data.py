@@ -72,8 +72,17 @@ class Dataset:
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------------
-def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
+# the paper's SST-2 split, shipped with the package (datasets/sst2/PROVENANCE.md): the sst2 preset's default
+EMBEDDED = Path(__file__).parent / "datasets"
+EMBEDDED_PRESETS = ("sst2",)
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None, preset: str | None = None) -> Path:
+    """The data directory given (``data_dir``, else ``$RANMASK_DATA_DIR``); with neither, the embedded copy for a
+    preset that has one (SST-2), else an error naming both ways to give one."""
     d = data_dir or os.environ.get(DATA_DIR_ENV)
+    if not d and preset in EMBEDDED_PRESETS:
+        return EMBEDDED
     if not d:
         raise DataError(f"no data directory: pass --data-dir or set ${DATA_DIR_ENV}")
     p = Path(d).expanduser()
@@ -235,7 +244,7 @@ def _check_split(name: str, split: str, splits: tuple[str, ...]) -> None:
 # ---- presets ----------------------------------------------------------------------------------------------------
 def _sst2(root: Path, split: str) -> Dataset:
     _check_split("sst2", split, ("train", "dev", "test"))
-    path = root / "sst2" / f"{split}.txt"
+    path = root / "sst2" / (f"{split}.txt.gz" if root == EMBEDDED else f"{split}.txt")
     labels = LabelMap(["negative", "positive"])
     out = [Example(_clean(text, where), labels(label, where))
            for where, (text, label) in _tsv_rows(path, 2, "sentence<TAB>label")]
@@ -455,7 +464,7 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
     ``label_names`` (a trained run's): every dataset's labels are mapped to these by name, whatever order the
     dataset lists them in; a dataset with a label the run does not know is refused with both lists."""
     if name in PRESETS:
-        ds = PRESETS[name](resolve_data_dir(data_dir), split)
+        ds = PRESETS[name](resolve_data_dir(data_dir, name), split)
     elif name.startswith(("tfds:", "hf:")):
         ds = _remote(name, split, text_field, pair_field, label_field)
     elif is_file_dataset(name):

@@ -177,3 +177,24 @@ def test_imdb_texts_with_words_that_tokenize_to_nothing_encode(data_dir, bert_to
         for e in exs:
             enc = encode(bert_tokenizer, e.text)
             assert enc.h == len(e.text.split())
+
+
+def test_sst2_ships_with_the_package(monkeypatch):
+    """Without a data directory the sst2 preset reads the embedded copy of the paper's split: exactly the original
+    files (the sha256 and line counts of PROVENANCE.md); every other preset still needs a directory."""
+    import gzip
+    import hashlib
+    import re
+
+    from ranmask_jax.data import EMBEDDED
+
+    monkeypatch.delenv("RANMASK_DATA_DIR", raising=False)
+    table = (EMBEDDED / "sst2" / "PROVENANCE.md").read_text()
+    for split, n in (("train", 6920), ("dev", 872), ("test", 1821)):
+        raw = gzip.decompress((EMBEDDED / "sst2" / f"{split}.txt.gz").read_bytes())
+        want = re.search(rf"^\| {split} \| [\d,]+ \| ([0-9a-f]{{64}}) \|", table, re.M).group(1)
+        assert hashlib.sha256(raw).hexdigest() == want and raw.count(b"\n") == n
+        ds = load_dataset("sst2", split)
+        assert len(ds) == n and ds.label_names == ["negative", "positive"] and ds.source.endswith(".txt.gz")
+    with pytest.raises(DataError, match="no data directory"):
+        load_dataset("ag_news", "test")
