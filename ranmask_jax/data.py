@@ -404,10 +404,6 @@ def load_file(path: str | os.PathLike, *, text_field: str = "text", pair_field: 
 
 
 # ---- remote sources -----------------------------------------------------------------------------------------------
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def _reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
     try:
         socket.create_connection((host, port), timeout=timeout).close()
@@ -420,7 +416,9 @@ def _remote(spec: str, split: str, text_field: str | None, pair_field: str | Non
     kind, _, name = spec.partition(":")
     ds_name, _, config = name.partition("/")
     host = "storage.googleapis.com" if kind == "tfds" else "huggingface.co"
-    flags = [v for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if kind == "hf" and _truthy(os.environ.get(v))]
+    from ranmask_jax.models.pretrained import env_flag
+
+    flags = [v for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if kind == "hf" and env_flag(v)]
     if flags:
         raise DataError(f"{spec}: {flags[0]} is set, so the hub is not asked. Use a preset with --data-dir "
                         f"({', '.join(PRESETS)}) or a local CSV/TSV/JSONL file, or unset {flags[0]}.")

@@ -17,7 +17,7 @@ import dataclasses
 import numpy as np
 
 from ranmask_jax import ensembles
-from ranmask_jax.masking import EncodedText, bucket, copy_lengths
+from ranmask_jax.masking import EncodedText, bucket, copy_lengths, special_layout
 
 
 @dataclasses.dataclass
@@ -112,7 +112,7 @@ class CopyEngine:
             raise ValueError(f"batch_size and texts_per_batch must be >= 1, got {batch_size}, {texts_per_batch}")
         if max_positions is not None and max_len > max_positions:
             raise ValueError(f"max_len {max_len} exceeds the model's {max_positions} positions")
-        specials = len(tokenizer("a")["input_ids"]) - len(tokenizer("a", add_special_tokens=False)["input_ids"])
+        specials = sum(special_layout(tokenizer, pair=False)[:3])
         if max_len <= specials:
             raise ValueError(f"max_len {max_len} leaves no room for text beside the tokenizer's {specials} special "
                              f"tokens (need at least {specials + 1})")
@@ -157,6 +157,7 @@ class CopyEngine:
         self._step = jax.jit(step, static_argnames=("out_len",))
         self._shard = distributed.batch_sharded(self.mesh)
         self._rep = distributed.replicated(self.mesh)
+
         def plain(params, ids, attn, types):
             logits = logits_fn(params, ids, attn, types)
             check_logits_shape(logits, ids.shape[0], num_labels, self.name)

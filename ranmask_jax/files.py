@@ -22,6 +22,13 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+def error_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (at most ``limit`` characters), or its type when it has none: what
+    a one-line ``error:`` says of a library's multi-line failure."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else type(e).__name__
+
+
 class FileError(ValueError):
     """A file that cannot be used as it is; the message names it."""
 
@@ -153,7 +160,8 @@ class RowFile:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.close()
-            holder = self.lock_path.read_text().splitlines()[0] if self.lock_path.exists() else "another process"
+            note = self.lock_path.read_text().splitlines() if self.lock_path.exists() else []
+            holder = note[0] if note else "another process"
             raise RunLocked(f"{self.path.parent}: another run is writing {self.path.name} ({holder}); wait for it to "
                             "finish, or use another output directory") from None
         try:

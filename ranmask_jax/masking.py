@@ -115,7 +115,7 @@ def canonical_text(text: str) -> str:
     boundary is a plain space, which every supported tokenizer splits on, while the words themselves (and so h_x, the
     words an attacker changes, and the radius) are exactly those of the raw text.
     """
-    return " ".join(text.split())
+    return " ".join(split_words(text))
 
 
 def split_words(text: str) -> tuple[str, ...]:
@@ -124,7 +124,7 @@ def split_words(text: str) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=8)
-def _special_layout(tokenizer, pair: bool) -> tuple[int, int, int, tuple[int, ...]]:
+def special_layout(tokenizer, pair: bool) -> tuple[int, int, int, tuple[int, ...]]:
     """How many special tokens the tokenizer puts before the first text, between the texts and after the last, and
     the token type of each text's content."""
     enc = tokenizer("a", "b" if pair else None)
@@ -172,7 +172,7 @@ def encode(tokenizer, text: str, text_pair: str | None = None, *, mask_side: Mas
     types = np.asarray(enc.get("token_type_ids") or [0] * len(ids), np.int32)
     seq = np.array([-1 if s is None else s for s in enc.sequence_ids()])
     offsets = enc["offset_mapping"]
-    pre, mid, post, side_types = _special_layout(tokenizer, text_pair is not None)
+    pre, mid, post, side_types = special_layout(tokenizer, text_pair is not None)
     maskable = {"first": {0}, "second": {len(texts) - 1}, "both": set(range(len(texts)))}[mask_side]
     if text_pair is None:
         maskable = {0}

@@ -31,7 +31,7 @@ from flax import nnx
 from ranmask_jax import distributed
 from ranmask_jax.config import TrainConfig, check_resume_config
 from ranmask_jax.data import DataError, Dataset, is_file_dataset, load_dataset
-from ranmask_jax.files import write_text
+from ranmask_jax.files import error_line, write_text
 from ranmask_jax.masking import PAD, EncodedText, UniformKeepSets, bucket, build_masked, check_max_len, encode
 from ranmask_jax.models import export_pretrained, load_pretrained
 from ranmask_jax.models.pretrained import RUN_META
@@ -71,13 +71,9 @@ def _quiet_saving():
     saved = absl.level, threading.excepthook, sys.unraisablehook
     absl.setLevel(logging.CRITICAL)
     threading.excepthook = sys.unraisablehook = lambda *a: None
-    try:
-        yield
-    except BaseException:
-        raise  # the hooks stay quiet: the failed save's threads are still winding down
-    else:
-        absl.setLevel(saved[0])
-        threading.excepthook, sys.unraisablehook = saved[1], saved[2]
+    yield  # a failed save raises here and the hooks stay quiet: its threads are still winding down
+    absl.setLevel(saved[0])
+    threading.excepthook, sys.unraisablehook = saved[1], saved[2]
 
 
 def _check_room(directory: Path, params) -> None:
@@ -469,8 +465,8 @@ class Trainer:
                     progress=ocp.args.JsonSave(progress)))
                 mgr.wait_until_finished()
         except Exception as e:  # orbax and tensorstore raise many kinds for a full or failing disk: one line
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise OSError(f"{self.out / 'checkpoints'}: could not write the checkpoint of step {step} ({first}); "
+            raise OSError(f"{self.out / 'checkpoints'}: could not write the checkpoint of step {step} "
+                          f"({error_line(e)}); "
                           "the earlier checkpoints are kept and a rerun resumes from the last of them") from None
 
     def _restore(self, mgr) -> tuple[int, dict]:
@@ -521,9 +517,8 @@ class Trainer:
             shutil.rmtree(fresh, ignore_errors=True)
             if old.exists() and not final.exists():
                 old.rename(final)
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise OSError(f"{final}: could not export the model of step {step} ({first}); the checkpoints are "
-                          "kept and a rerun resumes from the last of them") from None
+            raise OSError(f"{final}: could not export the model of step {step} ({error_line(e)}); the checkpoints "
+                          "are kept and a rerun resumes from the last of them") from None
 
     # -- the loop --------------------------------------------------------------------------------------------------
     def run(self) -> dict:

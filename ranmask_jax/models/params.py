@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from ranmask_jax.files import read_json
+from ranmask_jax.files import error_line, read_json
 from ranmask_jax.models.bert import Head, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -165,9 +165,8 @@ def read_checkpoint(model_dir: str | Path, *, allow_pickle: bool = False) -> dic
                 warnings.simplefilter("ignore", UserWarning)
                 state = torch.load(pickled, map_location="cpu", weights_only=True)
         except Exception as e:  # torch's weights-only unpickler refuses anything but tensors: name it, one line
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
             raise CheckpointError(f"{pickled}: not a plain tensor checkpoint; torch refused to load it with "
-                                  f"weights_only=True ({type(e).__name__}: {first})") from None
+                                  f"weights_only=True ({type(e).__name__}: {error_line(e)})") from None
         tensors = {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
     else:
         raise FileNotFoundError(

@@ -35,6 +35,11 @@ def _builtin_dir(name: str) -> Path:
     raise KeyError(name)
 
 
+def env_flag(name: str) -> bool:
+    """Whether an on/off environment variable (HF_HUB_OFFLINE and the like) is set on: 1, true, yes or on."""
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def _hub_dir(repo_id: str) -> Path:
     """Download (or find in the local cache) an HF hub repository; fail within seconds when offline."""
     try:
@@ -44,7 +49,7 @@ def _hub_dir(repo_id: str) -> Path:
             from None
     alternatives = (f"Local alternatives: {', '.join(repr(k) for k in BUILTIN)}, a local directory with config.json + "
                     "model.safetensors + tokenizer files, or a ranmask-jax run directory.")
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    offline = env_flag("HF_HUB_OFFLINE")
     try:
         path = snapshot_download(repo_id, allow_patterns=_HUB_FILES, etag_timeout=10, local_files_only=offline)
     except Exception as e:  # the hub client raises many types; all mean "could not get it"
