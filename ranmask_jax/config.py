@@ -49,9 +49,11 @@ class TrainConfig:
 
     out_dir: str = opt("", "run directory: checkpoints, metrics.jsonl, the best model (loadable by load_pretrained)")
     model: str = opt("minilm-l6", "starting weights: minilm-l6, a local HF directory, or a hub id")
-    dataset: str = opt("sst2", "preset (sst2, ag_news, imdb, snli), a .csv/.tsv/.jsonl file, or tfds:/hf: source")
-    data_dir: str | None = opt(None, "directory holding the preset datasets (default: $RANMASK_DATA_DIR; sst2 "
-                                      "without either: the split shipped with the package)")
+    dataset: str = opt("sst2", "preset (sst2, ag_news, imdb, snli, snli_textfooler), a .csv/.tsv/.jsonl "
+                                        "file, or tfds:/hf: source")
+    data_dir: str | None = opt(None, "directory holding the preset datasets (default: $RANMASK_DATA_DIR; without "
+                                      "either, sst2 reads the split shipped with the package and ag_news, imdb, "
+                                      "snli their hub copies, cached)")
     train_split: str = opt("train", "split to train on")
     dev_split: str | None = opt("dev", "split to evaluate on each epoch (empty: none)")
     dev_file: str | None = opt(None, "for file datasets: a separate file for the dev split")
@@ -132,8 +134,9 @@ class SmoothedRunConfig:
 
     run_dir: str = opt("", "a training run directory (or any model directory with --rho)")
     dataset: str = opt("sst2", "preset, file, or tfds:/hf: source")
-    data_dir: str | None = opt(None, "directory holding the preset datasets (default: $RANMASK_DATA_DIR; sst2 "
-                                      "without either: the split shipped with the package)")
+    data_dir: str | None = opt(None, "directory holding the preset datasets (default: $RANMASK_DATA_DIR; without "
+                                      "either, sst2 reads the split shipped with the package and ag_news, imdb, "
+                                      "snli their hub copies, cached)")
     split: str = opt("test", "split to read")
     text_field: str | None = opt(None, "file datasets: the text column / key")
     pair_field: str | None = opt(None, "file datasets: the second text of a pair")

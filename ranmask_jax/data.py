@@ -5,16 +5,26 @@ Every loader returns a ``Dataset`` of ``Example(text, label, text_pair)`` with t
 
 Presets read from ``--data-dir`` (or ``$RANMASK_DATA_DIR``):
 
-=========  ====================================================  =======================================
-name       files                                                 splits
-=========  ====================================================  =======================================
-sst2       ``sst2/{train,dev,test}.txt``: sentence<TAB>label      train 6920, dev 872, test 1821
-ag_news    ``ag_news/train.tsv`` (text<TAB>name), ``test.csv``    train, dev (500 held out of train.tsv,
-           (class, title, description; text = title + " " +       seeded), test 7600
-           description)
-imdb       ``imdb/{train,test}.jsonl.gz`` (``<br />`` stripped)    train, dev (1000 held out), test
-snli       ``snli_sample/test.tsv``: label<TAB>premise<TAB>hyp.    test (1000 pairs)
-=========  ====================================================  =======================================
+===============  ==============================================  ===========================================
+name             files                                           splits
+===============  ==============================================  ===========================================
+sst2             ``sst2/{train,dev,test}.txt``:                  train 6920, dev 872, test 1821
+                 sentence<TAB>label
+ag_news          ``ag_news/train.tsv`` (text<TAB>name),          train, dev (500 held out of train, seeded),
+                 ``test.csv`` (class, title, description;        test 7600
+                 text = title + " " + description)
+imdb             ``imdb/{train,test}.jsonl.gz`` (``<br />``      train, dev (1000 held out of train), test
+                 stripped)
+snli             ``snli/{train,dev,test}.tsv``:                  train, dev, test (pairs; a copy without a
+                 label<TAB>premise<TAB>hypothesis                gold label is refused)
+snli_textfooler  ``snli_sample/test.tsv`` (same format)          test: the 1000 SNLI test pairs TextFooler
+                                                                 attacked
+===============  ==============================================  ===========================================
+
+Without a data directory: ``sst2`` reads the copy shipped with the package (``datasets/sst2/PROVENANCE.md``);
+``ag_news``, ``imdb`` and ``snli`` read their canonical copies on the Hugging Face hub (``HUB_PRESETS``: parquet
+files, downloaded once into the hub cache and read from there offline), mapped to the same splits, label names and
+text fields; with neither a cached copy nor a network the error comes within seconds and names both ways.
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ import math
 import os
 import re
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -77,14 +87,7 @@ EMBEDDED = Path(__file__).parent / "datasets"
 EMBEDDED_PRESETS = ("sst2",)
 
 
-def resolve_data_dir(data_dir: str | os.PathLike | None, preset: str | None = None) -> Path:
-    """The data directory given (``data_dir``, else ``$RANMASK_DATA_DIR``); with neither, the embedded copy for a
-    preset that has one (SST-2), else an error naming both ways to give one."""
-    d = data_dir or os.environ.get(DATA_DIR_ENV)
-    if not d and preset in EMBEDDED_PRESETS:
-        return EMBEDDED
-    if not d:
-        raise DataError(f"no data directory: pass --data-dir or set ${DATA_DIR_ENV}")
+def _existing_dir(d: str | os.PathLike) -> Path:
     p = Path(d).expanduser()
     if not p.is_dir():
         raise DataError(f"data directory {p} does not exist")
@@ -287,16 +290,154 @@ def _imdb(root: Path, split: str) -> Dataset:
     return Dataset("imdb", split, out, labels.names, str(path))
 
 
-def _snli(root: Path, split: str) -> Dataset:
-    _check_split("snli", split, ("test",))
-    path = root / "snli_sample" / "test.tsv"
-    labels = LabelMap(["entailment", "neutral", "contradiction"])
+SNLI_LABELS = ["entailment", "neutral", "contradiction"]
+
+
+def _snli_tsv(path: Path, name: str, split: str) -> Dataset:
+    labels = LabelMap(SNLI_LABELS)
     out = [Example(_clean(premise, where), labels(label, where), _clean(hyp, where))
            for where, (label, premise, hyp) in _tsv_rows(path, 3, "label<TAB>premise<TAB>hypothesis")]
-    return Dataset("snli", split, out, labels.names, str(path))
+    return Dataset(name, split, out, labels.names, str(path))
 
 
-PRESETS = {"sst2": _sst2, "ag_news": _ag_news, "imdb": _imdb, "snli": _snli}
+def _snli(root: Path, split: str) -> Dataset:
+    _check_split("snli", split, ("train", "dev", "test"))
+    return _snli_tsv(root / "snli" / f"{split}.tsv", "snli", split)
+
+
+def _snli_textfooler(root: Path, split: str) -> Dataset:
+    _check_split("snli_textfooler", split, ("test",))
+    return _snli_tsv(root / "snli_sample" / "test.tsv", "snli_textfooler", split)
+
+
+PRESETS = {"sst2": _sst2, "ag_news": _ag_news, "imdb": _imdb, "snli": _snli, "snli_textfooler": _snli_textfooler}
+
+
+# ---- the presets' canonical copies on the Hugging Face hub -------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class HubPreset:
+    """Where a preset's canonical public copy lives on the hub and how its rows map to the preset's."""
+
+    repo: str  # dataset repository (parquet files named ``<split>-NNNNN-of-NNNNN.parquet``)
+    splits: dict[str, str]  # preset split -> hub split
+    hub_labels: tuple[str, ...]  # the hub's ClassLabel names, checked against the files' metadata when present
+    label_names: tuple[str, ...]  # the preset's names for them, in the same order
+    text: str
+    pair: str | None = None
+    dev_holdout: int = 0  # the preset's dev split: this many examples held out of the hub's train split (seeded)
+    clean: Callable[[str], str] | None = None  # what the local loader does to the text too
+
+
+HUB_PRESETS = {
+    "ag_news": HubPreset("fancyzhx/ag_news", {"train": "train", "dev": "train", "test": "test"},
+                         tuple(AG_NEWS_LABELS), tuple(AG_NEWS_LABELS), "text", dev_holdout=500,
+                         clean=lambda t: t.replace("\\", " ")),
+    "imdb": HubPreset("stanfordnlp/imdb", {"train": "train", "dev": "train", "test": "test"}, ("neg", "pos"),
+                      ("negative", "positive"), "text", dev_holdout=1000, clean=lambda t: re.sub(r"<br\s*/?>", " ", t)),
+    "snli": HubPreset("stanfordnlp/snli", {"train": "train", "dev": "validation", "test": "test"},
+                      tuple(SNLI_LABELS), tuple(SNLI_LABELS), "premise", pair="hypothesis"),
+}
+HUB_HOST = "huggingface.co"
+
+
+def _hub_files(name: str, spec: HubPreset, hub_split: str) -> tuple[list[Path], str]:
+    """The parquet files of ``hub_split`` of ``spec.repo``: downloaded into the hub cache (once), or read from it
+    when the hub cannot be reached or ``HF_HUB_OFFLINE`` is set. Returns the files and the snapshot's commit."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import IncompleteSnapshotError, LocalEntryNotFoundError
+
+    from ranmask_jax.models.pretrained import env_flag
+
+    flag = next((v for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if env_flag(v)), None)
+    offline = flag is not None or not _reachable(HUB_HOST)
+    folder = None
+    try:
+        folder = Path(snapshot_download(spec.repo, repo_type="dataset", allow_patterns=[f"*{hub_split}-*.parquet"],
+                                        local_files_only=offline))
+    except (LocalEntryNotFoundError, IncompleteSnapshotError, OSError) as e:
+        if not offline:
+            raise DataError(f"{name}: downloading {spec.repo} from the hub failed ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}); pass --data-dir DIR (or set "
+                            f"${DATA_DIR_ENV}) to read local files instead") from None
+    files = sorted(folder.glob(f"**/{hub_split}-*.parquet")) if folder is not None else []
+    if not files:
+        why = f"{flag} is set" if flag else f"{HUB_HOST} cannot be reached" if offline else "the download has none"
+        raise DataError(f"{name}: no data directory, and the {hub_split!r} split of {spec.repo} is not in the hub "
+                        f"cache ({why}). Pass --data-dir DIR (or set ${DATA_DIR_ENV}) to a directory with the "
+                        f"{name} files, or run once with a network to download and cache it.")
+    if len({f.parent for f in files}) > 1:
+        raise DataError(f"{name}: the {hub_split!r} files of {spec.repo} lie in several folders "
+                        f"({', '.join(sorted({str(f.parent.relative_to(folder)) for f in files}))}); expected one")
+    return files, folder.name
+
+
+def _parquet_rows(path: Path, columns: list[str], hub_labels: tuple[str, ...]) -> list[dict]:
+    """The rows of one of the hub's parquet files (``columns`` only); its ClassLabel names, when the file records
+    them, must be ``hub_labels``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+        meta = json.loads((schema.metadata or {}).get(b"huggingface", b"{}"))
+        missing = [c for c in columns if c not in schema.names]
+        if missing:
+            raise DataError(f"{path}: no column {missing[0]!r} (columns: {', '.join(schema.names)})")
+        table = pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not a readable parquet file ({type(e).__name__}: {e})") from None
+    names = ((meta.get("info") or {}).get("features") or {}).get("label", {}).get("names")
+    if names is not None and tuple(names) != hub_labels:
+        raise DataError(f"{path}: label names {names}, expected {list(hub_labels)}: the hub copy has changed; pass "
+                        "--data-dir with local files")
+    return table.to_pylist()
+
+
+def _hub_preset(name: str, split: str) -> Dataset:
+    spec = HUB_PRESETS[name]
+    _check_split(name, split, tuple(spec.splits))
+    hub_split = spec.splits[split]
+    files, commit = _hub_files(name, spec, hub_split)
+    columns = [spec.text, "label"] + ([spec.pair] if spec.pair else [])
+    labels = LabelMap(list(spec.label_names))
+    out, unlabelled = [], 0
+    for path in files:
+        for i, row in enumerate(_parquet_rows(path, columns, spec.hub_labels)):
+            where = f"{path} row {i}"
+            label = row["label"]
+            if label == -1 and spec.pair:  # SNLI: no gold label (the annotators disagreed)
+                unlabelled += 1
+                continue
+            if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(spec.label_names):
+                raise DataError(f"{where}: label {label!r} is not a class id 0..{len(spec.label_names) - 1}")
+            texts = []
+            for fld in (spec.text, spec.pair):
+                if fld is None:
+                    continue
+                value = row[fld]
+                if not isinstance(value, str):
+                    raise DataError(f"{where} field {fld!r}: expected text, got {type(value).__name__}")
+                texts.append(_clean(spec.clean(value) if spec.clean else value, f"{where} field {fld!r}"))
+            out.append(Example(texts[0], label, texts[1] if spec.pair else None))
+    if spec.dev_holdout and split in ("train", "dev"):
+        out = _split_holdout(out, split, spec.dev_holdout)
+    source = f"hf:{spec.repo}@{commit[:12]}/{hub_split}"
+    if unlabelled:
+        log.info("%s: %d pairs without a gold label (-1) left out", source, unlabelled)
+    return Dataset(name, split, out, labels.names, source)
+
+
+def load_preset(name: str, split: str, data_dir: str | os.PathLike | None = None) -> Dataset:
+    """A preset from ``data_dir`` (else ``$RANMASK_DATA_DIR``); with neither, SST-2's copy shipped with the package
+    or the others' copies on the hub (module docstring)."""
+    d = data_dir or os.environ.get(DATA_DIR_ENV)
+    if d:
+        return PRESETS[name](_existing_dir(d), split)
+    if name in EMBEDDED_PRESETS:
+        return PRESETS[name](EMBEDDED, split)
+    if name in HUB_PRESETS:
+        return _hub_preset(name, split)
+    raise DataError(f"{name}: no data directory: pass --data-dir or set ${DATA_DIR_ENV}")
 
 
 # ---- generic local files ----------------------------------------------------------------------------------------
@@ -456,13 +597,13 @@ def _remote(spec: str, split: str, text_field: str | None, pair_field: str | Non
 def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = None, *, text_field: str | None = None,
                  pair_field: str | None = None, label_field: str = "label", label_names: list[str] | None = None,
                  encoding: str = "utf-8", multiline_fields: bool = False) -> Dataset:
-    """Load ``split`` of ``name``: a preset (sst2, ag_news, imdb, snli) from ``data_dir``, a local file path
+    """Load ``split`` of ``name``: a preset (``PRESETS``; ``load_preset``), a local file path
     (``split`` is then a label for the rows), or ``tfds:NAME[/CONFIG]`` / ``hf:NAME[/CONFIG]``.
 
     ``label_names`` (a trained run's): every dataset's labels are mapped to these by name, whatever order the
     dataset lists them in; a dataset with a label the run does not know is refused with both lists."""
     if name in PRESETS:
-        ds = PRESETS[name](resolve_data_dir(data_dir, name), split)
+        ds = load_preset(name, split, data_dir)
     elif name.startswith(("tfds:", "hf:")):
         ds = _remote(name, split, text_field, pair_field, label_field)
     elif is_file_dataset(name):

@@ -204,7 +204,8 @@ def same_counts(rows: list[dict], score, k: int = 3) -> dict:
     return {"rows_before": len(rows), "texts_checked": min(k, len(rows)), "max_count_difference": int(worst)}
 
 
-DISPLAY_NAMES = {"sst2": "SST-2", "ag_news": "AG News", "imdb": "IMDB", "snli": "SNLI"}
+DISPLAY_NAMES = {"sst2": "SST-2", "ag_news": "AG News", "imdb": "IMDB", "snli": "SNLI",
+                 "snli_textfooler": "SNLI (the 1000 pairs TextFooler attacked)"}
 
 
 def dataset_title(ds) -> str:

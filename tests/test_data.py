@@ -42,10 +42,12 @@ def test_ag_news_preset(data_dir):
 def test_imdb_and_snli_presets(data_dir):
     imdb = load_dataset("imdb", "test", data_dir)
     assert len(imdb) == 25000 and not any("<br" in e.text for e in imdb.examples[:2000])
-    snli = load_dataset("snli", "test", data_dir)
-    assert len(snli) == 1000 and snli.is_pair and snli.num_labels == 3
+    sizes = {s: len(load_dataset("snli", s, data_dir)) for s in ("train", "dev", "test")}
+    assert sizes == {"train": 53335, "dev": 9842, "test": 9824}
+    snli = load_dataset("snli_textfooler", "test", data_dir)
+    assert len(snli) == 1000 and snli.is_pair and snli.label_names == ["entailment", "neutral", "contradiction"]
     with pytest.raises(DataError, match="no split 'train'"):
-        load_dataset("snli", "train", data_dir)
+        load_dataset("snli_textfooler", "train", data_dir)
 
 
 def test_generic_files(tmp_path):
@@ -181,7 +183,7 @@ def test_imdb_texts_with_words_that_tokenize_to_nothing_encode(data_dir, bert_to
 
 def test_sst2_ships_with_the_package(monkeypatch):
     """Without a data directory the sst2 preset reads the embedded copy of the paper's split: exactly the original
-    files (the sha256 and line counts of PROVENANCE.md); every other preset still needs a directory."""
+    files (the sha256 and line counts of PROVENANCE.md); TextFooler's SNLI pairs still need a directory."""
     import gzip
     import hashlib
     import re
@@ -197,4 +199,133 @@ def test_sst2_ships_with_the_package(monkeypatch):
         ds = load_dataset("sst2", split)
         assert len(ds) == n and ds.label_names == ["negative", "positive"] and ds.source.endswith(".txt.gz")
     with pytest.raises(DataError, match="no data directory"):
-        load_dataset("ag_news", "test")
+        load_dataset("snli_textfooler", "test")
+
+
+# ---- the presets' hub copies, offline: files in the hub's format in a hub cache the test writes ---------------------
+def _hub_cache(root: Path, repo: str, files: dict[str, tuple[dict[str, list], list[str] | None]]) -> Path:
+    """A Hugging Face hub cache holding ``repo`` (a dataset) at one commit: ``files`` maps a path in the repository
+    to ``(columns, ClassLabel names)``, written as the hub's parquet files (with the ``huggingface`` schema
+    metadata that records the features)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    store = root / f"datasets--{repo.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (store / "refs").mkdir(parents=True, exist_ok=True)
+    (store / "refs" / "main").write_text(commit)
+    for rel, (columns, names) in files.items():
+        table = pa.table(columns)
+        features = {c: {"dtype": "string", "_type": "Value"} for c in columns if c != "label"}
+        if names is not None:
+            features["label"] = {"names": names, "_type": "ClassLabel"}
+        meta = {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
+        path = store / "snapshots" / commit / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table.replace_schema_metadata(meta), path)
+    return root
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """An empty hub cache, no data directory, and a network that is never asked."""
+    import huggingface_hub.constants
+
+    import ranmask_jax.data as data
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(data, "_reachable", lambda host, *a, **k: False)
+    monkeypatch.delenv("RANMASK_DATA_DIR", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    return tmp_path / "hub"
+
+
+AG = ["World", "Sports", "Business", "Sci/Tech"]
+
+
+def test_ag_news_hub_copy(hub):
+    """fancyzhx/ag_news: text is title + description (backslashes read as spaces, as in the local test.csv), ids in
+    the hub's ClassLabel order; dev is 500 held out of the hub's train split, seeded, disjoint from train."""
+    texts = [f"Title {i} \\ body {i}" for i in range(620)]
+    _hub_cache(hub, "fancyzhx/ag_news", {
+        "data/train-00000-of-00001.parquet": ({"text": texts, "label": [i % 4 for i in range(620)]}, AG),
+        "data/test-00000-of-00001.parquet": ({"text": ["Stocks up \\ again", "Cup final"], "label": [2, 1]}, AG)})
+    test = load_dataset("ag_news", "test")
+    assert [(e.text, e.label) for e in test.examples] == [("Stocks up again", 2), ("Cup final", 1)]
+    assert test.label_names == AG and test.source.startswith("hf:fancyzhx/ag_news@0123456789ab/test")
+    train, dev = load_dataset("ag_news", "train"), load_dataset("ag_news", "dev")
+    assert (len(train), len(dev)) == (120, 500)
+    read = {e.text for e in train.examples} | {e.text for e in dev.examples}
+    assert read == {" ".join(t.replace("\\", " ").split()) for t in texts}
+    assert not {e.text for e in train.examples} & {e.text for e in dev.examples}
+    assert all(e.label == int(e.text.split()[1]) % 4 for e in train.examples + dev.examples)
+
+
+def test_imdb_hub_copy(hub):
+    _hub_cache(hub, "stanfordnlp/imdb", {
+        "plain_text/test-00000-of-00001.parquet": ({"text": ["Great.<br /><br />Loved it", "Bad<br/>film"],
+                                                    "label": [1, 0]}, ["neg", "pos"]),
+        "plain_text/unsupervised-00000-of-00001.parquet": ({"text": ["x"], "label": [-1]}, ["neg", "pos"])})
+    test = load_dataset("imdb", "test")
+    assert [(e.text, e.label) for e in test.examples] == [("Great. Loved it", 1), ("Bad film", 0)]
+    assert test.label_names == ["negative", "positive"]
+    with pytest.raises(DataError, match=r"'train' split of stanfordnlp/imdb is not in the hub cache"):
+        load_dataset("imdb", "train")  # only the test split is cached
+
+
+def test_snli_hub_copy(hub):
+    """stanfordnlp/snli: validation is the preset's dev split; pairs without a gold label (-1) are left out."""
+    names = ["entailment", "neutral", "contradiction"]
+    _hub_cache(hub, "stanfordnlp/snli", {
+        "plain_text/validation-00000-of-00001.parquet": (
+            {"premise": ["A man sleeps.", "A dog runs.", "Kids play."], "hypothesis": ["He rests.", "x", "No one."],
+             "label": [0, -1, 2]}, names)})
+    dev = load_dataset("snli", "dev")
+    assert [(e.text, e.text_pair, e.label) for e in dev.examples] == [("A man sleeps.", "He rests.", 0),
+                                                                        ("Kids play.", "No one.", 2)]
+    assert dev.is_pair and dev.label_names == names
+    with pytest.raises(DataError, match="no split 'validation'"):
+        load_dataset("snli", "validation")
+
+
+def test_hub_copy_refused_when_it_changed(hub):
+    _hub_cache(hub, "stanfordnlp/imdb", {
+        "plain_text/test-00000-of-00001.parquet": ({"text": ["a"], "label": [0]}, ["pos", "neg"])})
+    with pytest.raises(DataError, match=r"test-00000-of-00001\.parquet: label names \['pos', 'neg'\], expected"):
+        load_dataset("imdb", "test")
+    _hub_cache(hub, "stanfordnlp/imdb", {
+        "plain_text/test-00000-of-00001.parquet": ({"review": ["a"], "label": [0]}, ["neg", "pos"])})
+    with pytest.raises(DataError, match=r"parquet: no column 'text' \(columns: review, label\)"):
+        load_dataset("imdb", "test")
+    _hub_cache(hub, "stanfordnlp/imdb", {
+        "plain_text/test-00000-of-00001.parquet": ({"text": ["a", "b"], "label": [0, 7]}, None)})
+    with pytest.raises(DataError, match=r"parquet row 1: label 7 is not a class id 0\.\.1"):
+        load_dataset("imdb", "test")
+
+
+def test_hub_preset_offline_without_a_copy_fails_fast(hub, monkeypatch):
+    """No data directory, nothing cached, no network: within seconds, an error naming both ways out; with
+    HF_HUB_OFFLINE set the network is not even asked. A data directory, when given, wins over the hub."""
+    import ranmask_jax.data as data
+
+    for name, split in (("ag_news", "test"), ("imdb", "train"), ("snli", "train")):
+        t = time.perf_counter()
+        with pytest.raises(DataError, match=rf"{name}: no data directory, .*cannot be reached.*--data-dir DIR .*"
+                                            r"run once with a network"):
+            load_dataset(name, split)
+        assert time.perf_counter() - t < 2
+    monkeypatch.setattr(data, "_reachable", lambda host, *a, **k: pytest.fail("the network was asked"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match="HF_HUB_OFFLINE is set"):
+        load_dataset("snli", "test")
+    _hub_cache(hub, "stanfordnlp/snli", {
+        "plain_text/test-00000-of-00001.parquet": ({"premise": ["p"], "hypothesis": ["h"], "label": [1]}, None)})
+    local = hub.parent / "data" / "snli"
+    local.mkdir(parents=True)
+    (local / "test.tsv").write_text("contradiction\tA local premise .\tA local hypothesis .\n")
+    assert load_dataset("snli", "test", hub.parent / "data").examples[0].label == 2
+    monkeypatch.setenv("RANMASK_DATA_DIR", str(hub.parent / "data"))
+    assert load_dataset("snli", "test").examples[0].text == "A local premise ."
+    monkeypatch.delenv("RANMASK_DATA_DIR")
+    assert load_dataset("snli", "test").examples[0].text == "p"
