@@ -10,7 +10,7 @@ def main(argv: list[str] | None = None) -> int:
     from attacks.run import AttackConfig
     from ranmask_jax.cli import parse_config, run_command, setup_logging
 
-    cfg = parse_config(AttackConfig, argv, "python -m attacks",
+    cfg = parse_config(AttackConfig, argv, "ranmask-attack",
                  "Attack a trained model, plain or smoothed, with DeepWordBug, TextFooler or BERT-Attack.")
     setup_logging()
     from pathlib import Path

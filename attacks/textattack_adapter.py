@@ -20,7 +20,7 @@ def _base_class():
         from textattack.models.wrappers import ModelWrapper
     except ImportError:
         raise ImportError("the TextAttack adapter needs TextAttack (pip install textattack); the attacks of this "
-                          "project (python -m attacks) do not") from None
+                          "project (ranmask-attack) do not") from None
     return ModelWrapper
 
 

@@ -40,7 +40,7 @@ for cell in "$@"; do
     copier=$!
     trap 'kill "$copier" 2>/dev/null || true' EXIT
     status=
-    python -m attacks --run-dir "$RUNS/$run" --data-dir "$DATA_DIR" --dataset "$ds" --split test \
+    ranmask-attack --run-dir "$RUNS/$run" --data-dir "$DATA_DIR" --dataset "$ds" --split test \
         --recipe "$recipe" --num-examples "${NUM_EXAMPLES:-100}" ${num:+--limit "$num"} --seed 0 --out "$out" "${flags[@]}" \
         ${ATTACK_ARGS:-} || status=$?
     kill "$copier" 2>/dev/null || true

@@ -1,4 +1,9 @@
-"""Shared fixtures: tokenizers and tiny random HF checkpoints built on the fly (no downloads)."""
+"""Shared fixtures: tokenizers and tiny random HF checkpoints built on the fly (no downloads), and the full datasets.
+
+Every test makes or ships the small files it needs, except those that read the full datasets through the
+``data_dir`` fixture (marked ``full_data``): they run whenever a data directory is there (``$RANMASK_DATA_DIR``, else
+``../shared/data`` beside the repository) and are otherwise left out and listed by name at the end of the run. A
+``$RANMASK_DATA_DIR`` that does not hold the datasets is an error, never a silent skip."""
 
 from __future__ import annotations
 
@@ -8,6 +13,51 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+DATA_ENV = "RANMASK_DATA_DIR"
+
+
+def _full_data_dir() -> str | None:
+    d = os.environ.get(DATA_ENV)
+    if d:
+        if not (Path(d) / "sst2" / "train.txt").is_file():
+            raise pytest.UsageError(f"${DATA_ENV}={d} does not hold the datasets (no sst2/train.txt)")
+        return d
+    beside = Path(__file__).resolve().parents[2] / "shared" / "data"
+    return str(beside) if (beside / "sst2" / "train.txt").is_file() else None
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "full_data: reads the full datasets (the data_dir fixture)")
+    config._full_data_dir = _full_data_dir()
+    config._not_run = []
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "data_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.full_data)
+    if config._full_data_dir is None:
+        left = [i for i in items if i.get_closest_marker("full_data")]
+        if left:
+            config.hook.pytest_deselected(items=left)
+            items[:] = [i for i in items if not i.get_closest_marker("full_data")]
+            config._not_run = [i.nodeid for i in left]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if config._not_run:
+        terminalreporter.section("not run: no data directory")
+        terminalreporter.write_line(f"{len(config._not_run)} tests read the full datasets; set ${DATA_ENV} to a "
+                                    "directory holding them (see README) to run them:")
+        for nodeid in config._not_run:
+            terminalreporter.write_line(f"  {nodeid}")
+
+
+@pytest.fixture(scope="session")
+def data_dir(request):
+    """The directory of the full datasets (tests using it are marked full_data; see the module docstring)."""
+    return request.config._full_data_dir
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 CORPUS = [

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import time
 from pathlib import Path
 
@@ -12,14 +11,6 @@ import pytest
 
 from ranmask_jax.data import DataError, load_dataset, load_file
 from ranmask_jax.metrics import markdown_table, median_certified, summarize
-
-
-@pytest.fixture(scope="module")
-def data_dir():
-    d = os.environ.get("RANMASK_DATA_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
-    if not (Path(d) / "sst2" / "train.txt").exists():
-        raise RuntimeError(f"the datasets are expected at {d} (set RANMASK_DATA_DIR)")
-    return d
 
 
 def test_sst2_preset(data_dir):
