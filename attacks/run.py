@@ -101,8 +101,10 @@ def build_scorers(cfg: AttackConfig):
 def words_read(sc, text: str) -> int:
     """How many leading words of ``text`` the model reads: those with a token among the first ``max_len`` tokens of
     the unmasked text (a masked copy is shorter, but the search, as the original one, works on what the plain
-    model reads)."""
+    model reads). A classifier that reads strings (``from_predict_fn`` with ``inputs="text"``) reads them all."""
     enc = sc.encode(text)
+    if not hasattr(enc, "word_index"):
+        return enc.h
     content = enc.word_index[(enc.word_index >= 0) & enc.has_token][: sc.max_len - enc.num_specials]
     return enc.h if len(content) == 0 or content[-1] == enc.h - 1 else int(content[-1]) + 1
 

@@ -168,6 +168,7 @@ class Certificate:
     radius_mc: int | None = None
     counts0: tuple[int, ...] | None = None  # votes of the selection copies (sampled mode)
     skipped_estimation: bool = False  # the selection copies already picked a wrong class: no estimation copies ran
+    copies: int = 0  # distinct masked copies classified for this text (selection and estimation)
 
 
 def certificate_from_counts(label: int | None, counts0: np.ndarray, counts: np.ndarray | None, h: int, k: int,

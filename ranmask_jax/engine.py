@@ -28,6 +28,7 @@ class Votes:
     logit_sum: np.ndarray  # [C] float64: sum of raw logits
     prob_sum: np.ndarray  # [C] float64: sum of softmax probabilities
     row_labels: np.ndarray | None = None  # [m] f's class for each distinct copy (when asked for)
+    copies: int = 0  # distinct copies classified (each weighted by its multiplicity in the sums)
 
     @property
     def n(self) -> int:
@@ -130,6 +131,8 @@ class CopyEngine:
         self._transform_key = jax.random.key(0x5EED)
         self._batches = 0
         self.traces = 0  # how many times the device step was traced (compiled)
+        self.calls = 0  # device steps dispatched (each classifies up to batch_size copies)
+        self.copies = 0  # distinct masked copies classified
 
         def step(params, t_params, t_key, table, row_text, keep, weight, out_len):
             self.traces += 1
@@ -200,7 +203,7 @@ class CopyEngine:
 
         reqs = [_Request(e, np.asarray(k, bool), np.asarray(w, np.float32)) for e, k, w in requests]
         out = [Votes(np.zeros(self.num_labels), np.zeros(self.num_labels), np.zeros(self.num_labels),
-                     np.zeros(len(r.keep), np.int64) if row_labels else None) for r in reqs]
+                     np.zeros(len(r.keep), np.int64) if row_labels else None, copies=len(r.keep)) for r in reqs]
         # every copy, tagged with its length bucket after masking and the cut to max_len
         tags = [np.stack([np.full(len(r.keep), i), np.arange(len(r.keep)),
                           [copy_bucket(int(x), self.max_len) for x in copy_lengths(r.enc, r.keep, self.max_len)]], 1)
@@ -266,6 +269,8 @@ class CopyEngine:
             row_text[sel] = slot
         t_key = jax.random.fold_in(self._transform_key, self._batches)
         self._batches += 1
+        self.calls += 1
+        self.copies += len(take)
         return self._step(self._params, self._t_params, t_key, jax.device_put(table, self._rep),
                           *jax.device_put((row_text, keep, weight), self._shard), out_len=out_len)
 

@@ -4,7 +4,9 @@ batched engine, for certification, attacks and purification.
 Three pluggable parts, each in one place:
 
 * the base classifier, any jittable ``logits_fn(params, input_ids, attention_mask, token_type_ids) -> [B, C]``
-  (``SmoothedClassifier(model, ...)`` adapts an nnx model; ``SmoothedClassifier.from_logits_fn`` takes any);
+  (``SmoothedClassifier(model, ...)`` adapts an nnx model; ``SmoothedClassifier.from_logits_fn`` takes any), or
+  any Python function on the host (``SmoothedClassifier.from_predict_fn``: masked strings or token ids in,
+  scores out; ``ranmask_jax.host``);
 * the keep-set distribution (``masking.KeepSets``, e.g. ``UniformKeepSets``: sampler, enumeration and what the
   certificate assumes);
 * an optional copy transform between masking and the classifier (``transform(t_params, key, ids, attn, types)``,
@@ -26,9 +28,11 @@ import numpy as np
 from ranmask_jax import ensembles
 from ranmask_jax.certificate import ABSTAIN, Certificate, binomial_abstain, certificate_from_counts, monte_carlo_beta
 from ranmask_jax.engine import CopyEngine, Votes, dedup, nnx_logits_fn
+from ranmask_jax.host import HostEngine
 from ranmask_jax.masking import DEFAULT_MIN_KEEP, EncodedText, KeepSets, UniformKeepSets, bucket
 
-__all__ = ["ABSTAIN", "Prediction", "SmoothedClassifier", "Votes", "dedup", "why_uncertifiable"]
+__all__ = ["ABSTAIN", "HostSmoothedClassifier", "Prediction", "SmoothedClassifier", "Votes", "dedup",
+           "why_uncertifiable"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +48,7 @@ class Prediction:
     h: int
     k: int
     p_value: float | None = None
+    copies: int = 0  # distinct masked copies classified for this text
 
 
 # estimation copies are sampled, deduplicated and classified in passes of at most this many per text: memory does
@@ -115,6 +120,26 @@ class SmoothedClassifier(CopyEngine):
                             **kw)
         return self
 
+    @classmethod
+    def from_predict_fn(cls, predict_fn, keep_sets, *, num_labels: int, inputs: str = "text",
+                        mask_token: str | None = None, tokenizer=None, max_len: int | None = None,
+                        outputs: str = "logits", batch_size: int = 64, mask_side: str = "second",
+                        name: str | None = None) -> SmoothedClassifier:
+        """The smoothed classifier of ANY classifier that runs on the host (a PyTorch model, a transformers
+        pipeline, an ONNX session, a model behind an API): ``predict_fn`` maps a batch of masked copies to
+        ``[B, num_labels]`` logits (or probabilities, with ``outputs="probs"``). With ``inputs="text"`` the batch
+        is a list of strings (pairs: ``(text, text_pair)`` tuples), each masked word written as ``mask_token``;
+        with ``inputs="ids"``, ``(input_ids, attention_mask, token_type_ids)`` int64 arrays built with
+        ``tokenizer`` exactly as the JAX engine builds them, each copy cut to ``max_len``. ``batch_size``: copies
+        per call. The result has every method of the smoothed classifier (predict, scores, certify, the attacks);
+        ``calls`` and ``copies`` count the calls made and the copies classified. See ``ranmask_jax.host``."""
+        self = HostSmoothedClassifier.__new__(HostSmoothedClassifier)
+        self._use(keep_sets)
+        HostEngine.__init__(self, predict_fn, num_labels=num_labels, inputs=inputs, mask_token=mask_token,
+                            tokenizer=tokenizer, max_len=max_len, outputs=outputs, batch_size=batch_size,
+                            mask_side=mask_side, name=name)
+        return self
+
     def _use(self, keep_sets) -> None:
         if not isinstance(keep_sets, KeepSets):
             raise TypeError(f"keep_sets must follow masking.KeepSets (k, size, sample_text, certifiable), got "
@@ -179,7 +204,7 @@ class SmoothedClassifier(CopyEngine):
                 if ensemble != "vote" and label != ABSTAIN:
                     label = int(np.argmax(scores))
             out.append(Prediction(label, tuple(float(s) for s in scores), tuple(int(c) for c in v.counts), v.n,
-                                  enc.h, self.keep_count(enc.h), p_value))
+                                  enc.h, self.keep_count(enc.h), p_value, v.copies))
         return out
 
     def predict(self, key, text: str, text_pair: str | None = None, *, n: int = 1000, ensemble: str = "vote",
@@ -246,15 +271,17 @@ class SmoothedClassifier(CopyEngine):
             elif i in v1:
                 votes, (_, uniq, weights) = v1[i], est[i]
             else:
-                out.append(certificate_from_counts(labels[i], v0[i].counts, None, h, k, alpha, beta))
+                out.append(dataclasses.replace(certificate_from_counts(labels[i], v0[i].counts, None, h, k, alpha,
+                                                                       beta), copies=v0[i].copies))
                 continue
             mc = None
             if beta == "mc":
                 is_c = votes.row_labels == int(np.argmax(v0[i].counts))
                 rng = np.random.default_rng(np.asarray(jax.random.key_data(jax.random.fold_in(keys[i], 2))).ravel())
                 mc = lambda d, u=uniq, w=weights, c=is_c, g=rng, hh=h: monte_carlo_beta(u, w, c, hh, d, n_r, g)  # noqa: E731
-            out.append(certificate_from_counts(labels[i], v0[i].counts, votes.counts, h, k, alpha, beta,
-                                               exact=exact[i], mc_beta=mc))
+            cert = certificate_from_counts(labels[i], v0[i].counts, votes.counts, h, k, alpha, beta,
+                                           exact=exact[i], mc_beta=mc)
+            out.append(dataclasses.replace(cert, copies=v0[i].copies + (0 if exact[i] else votes.copies)))
         return out
 
     def _stream(self, keys, encs: list[EncodedText], n: int, row_labels: bool):
@@ -280,6 +307,7 @@ class SmoothedClassifier(CopyEngine):
                                                          strict=True):
                 v.counts, v.logit_sum, v.prob_sum = v.counts + got.counts, v.logit_sum + got.logit_sum, \
                     v.prob_sum + got.prob_sum
+                v.copies += got.copies
                 if row_labels:
                     v.row_labels = np.concatenate([v.row_labels, got.row_labels])
                     store[0].append(keep)
@@ -299,3 +327,11 @@ class SmoothedClassifier(CopyEngine):
         example_index)``; the selection and estimation streams are ``fold_in(key, 0)`` and ``fold_in(key, 1)``."""
         return self.certify_many([key], [text], [label], [text_pair], n0=n0, n=n, alpha=alpha, beta=beta,
                                  exact_threshold=exact_threshold, n_r=n_r)[0]
+
+
+class HostSmoothedClassifier(SmoothedClassifier, HostEngine):
+    """A smoothed classifier whose base classifier runs on the host (``SmoothedClassifier.from_predict_fn``): the
+    procedures of ``SmoothedClassifier`` on the copies of ``ranmask_jax.host.HostEngine``."""
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("build it with SmoothedClassifier.from_predict_fn")
