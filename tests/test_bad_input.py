@@ -290,6 +290,13 @@ def _holds_open(pid: int, name: str) -> bool:
     return False
 
 
+def _names(lock: Path, pid: int) -> bool:
+    try:
+        return f"pid {pid}," in lock.read_text()
+    except FileNotFoundError:
+        return False
+
+
 def test_kill_during_start_up_loses_no_row(trained_run, tiny_setup, tmp_path):  # noqa: F811
     out = tmp_path / "c"
     res = run_cli("certify.py", _certify_argv(trained_run, tiny_setup, out))
@@ -305,11 +312,12 @@ def test_kill_during_start_up_loses_no_row(trained_run, tiny_setup, tmp_path):  
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # the window this test is about: the run holds the lock and has opened its row file, and has written no
         # row yet (a run that truncated or rewrote the file on opening would lose the kept rows here)
+        # (the note naming the holder is written just after the lock is taken: wait for both)
         deadline = time.monotonic() + 120
-        while not _holds_open(proc.pid, "certify.jsonl") and proc.poll() is None:
-            assert time.monotonic() < deadline, "the run never opened its row file"
+        while not (_holds_open(proc.pid, "certify.jsonl") and _names(lock, proc.pid)) and proc.poll() is None:
+            assert time.monotonic() < deadline, "the run never opened its row file and took the lock"
             time.sleep(0.001)
-        assert f"pid {proc.pid}," in lock.read_text()  # and it holds the lock
+        assert f"pid {proc.pid}," in lock.read_text()  # it holds the lock
         proc.send_signal(sig)
         at_kill = (out / "certify.jsonl").read_text()
         proc.wait()
