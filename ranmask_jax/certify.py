@@ -4,10 +4,11 @@
 n, p_lower, beta, beta_mode, h, k, radius (largest certified d under ``--beta``, -1 if none), radius_one (beta = 1,
 rigorous), radius_pc (beta = p_c, the paper's), radius_mc (with ``--beta mc``), radius_original (the original code's
 convention, radius + 1 when correct), skipped_estimation (the selection copies chose a wrong class, so the n
-estimation copies were not run), mode (sampled / exact), seconds (the text's share of the time of its group of
-``--texts-per-call`` texts, certified together), text. Rows are written after each group; a rerun with the same
-config skips the rows already written, so an interruption loses at most one group. ``summary.json`` / ``table.md``
-/ ``certified-accuracy.png`` and ``.pdf`` are recomputed from the rows.
+estimation copies were not run), mode (sampled / exact), copies (distinct masked copies classified for the text:
+selection and estimation, each classified once however often it was drawn), seconds (the text's share of the time
+of its group of ``--texts-per-call`` texts, certified together), text. Rows are written after each group; a rerun
+with the same config skips the rows already written, so an interruption loses at most one group. ``summary.json``
+/ ``table.md`` / ``certified-accuracy.png`` and ``.pdf`` are recomputed from the rows.
 """
 
 from __future__ import annotations
@@ -173,6 +174,7 @@ def write_summary(out: Path, rows: list[dict], cfg: CertifyConfig, settings: dic
         return summary
     summary = metrics.summarize(rows)
     summary.update(seconds_total=round(sum(r["seconds"] for r in rows), 2),
+                   copies_total=sum(r.get("copies", 0) for r in rows),
                    config={k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("predict", "radius")},
                    rho=settings["rho"], min_keep=settings["min_keep"], max_len=settings["max_len"],
                    purifier=settings["purifier"])
