@@ -2,12 +2,15 @@
 sum to 1); the harness counts queries (one text scored = one query), enforces an optional query budget, and
 optionally caches answers per distinct text.
 
-Scorers here: ``plain_scorer`` (the base classifier's softmax on the unmasked text) and ``smoothed_scorer`` (the
-smoothed classifier g over ``n`` masked copies per query, scored by a rule of ``ranmask_jax.ensembles``). A
-smoothed scorer is random: by default every query draws fresh copies (its key is ``fold_in(root, query number)``),
-so asking twice about the same text can give two answers, as it does for a deployed randomized defense.
-``cache=True`` answers each distinct text once per attacked example and reuses the answer, as TextAttack's
-goal-function cache does (which makes a randomized defense look deterministic to the attacker).
+Scorers here: ``plain_scorer`` (the base classifier's softmax on the unmasked text), ``smoothed_scorer`` (the
+smoothed classifier g over ``n`` masked copies per query, scored by a rule of ``ranmask_jax.ensembles``) and
+``common_scorer`` (the same with common random numbers). A smoothed scorer is random: every query draws fresh
+copies (its key is ``fold_in(root, query number)``), so asking twice about the same text can give two answers, as
+it does for a deployed randomized defense. ``cache=True`` answers each distinct text once per attacked example and
+reuses the answer, as TextAttack's goal-function cache does (which makes a randomized defense look deterministic to
+the attacker). ``common_scorer`` gives every text of one word count the same n keep sets and caches each copy's
+logits: a text that differs from one asked before in a few words pays only for the copies that keep a changed
+word, and its answer is exactly that of classifying all n copies.
 """
 
 from __future__ import annotations
@@ -76,5 +79,63 @@ def smoothed_scorer(sc, key, n: int = 100, ensemble: str = "vote") -> Scorer:
         keys = [jax.random.fold_in(key, state["queries"] + i) for i in range(len(texts))]
         state["queries"] += len(texts)
         return np.array([p.scores for p in sc.predict_many(keys, texts, n=n, ensemble=ensemble)], np.float64)
+
+    return score
+
+
+def common_scorer(sc, key, n: int = 100, ensemble: str = "vote") -> Scorer:
+    """g over ``n`` masked copies per text with common random numbers (``sc``: a SmoothedClassifier with uniform
+    keep sets). Every text of h words gets the same keep sets: the distinct ones of ``n`` drawn from ``fold_in(key,
+    h)``, or all of them when there are at most ``n`` (as ``predict``). A copy is determined by its keep set and the
+    words it keeps, so its logits are cached under that pair: for a text that differs from earlier ones at the word
+    positions S, only the copies whose keep set meets S are classified (at rho 0.9 and |S| = 1 about one in ten).
+    Each answer equals ``predict`` on those keep sets (the votes exactly, the scores up to float rounding); a text
+    asked twice gets the same answer."""
+    import jax
+
+    from ranmask_jax import ensembles
+    from ranmask_jax.engine import Votes
+
+    ensembles.check(ensemble)
+    if not getattr(sc.keep_sets, "certifiable", False):
+        raise ValueError(f"common keep sets need uniform keep sets, not {type(sc.keep_sets).__name__}")
+    by_h: dict[int, tuple] = {}
+    memo: dict[tuple, np.ndarray] = {}  # (h, keep-set row, kept words) -> f's raw logits
+
+    def keep_sets(enc):
+        if enc.h not in by_h:
+            keep, weights = sc.distinct_keep_sets(jax.random.fold_in(key, enc.h), enc, n, sc.exact_mode(enc, n))
+            by_h[enc.h] = keep, np.asarray(weights, np.float64), [np.flatnonzero(row[:enc.h]) for row in keep]
+        return by_h[enc.h]
+
+    def score(texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, sc.num_labels))
+        plans, todo = [], {}
+        for t, text in enumerate(texts):
+            enc = sc.encode(text)
+            keep, weights, kept = keep_sets(enc)
+            words = enc.words
+            names = [(enc.h, r, tuple(words[j] for j in idx)) for r, idx in enumerate(kept)]
+            todo.update({name: (t, r) for r, name in enumerate(names) if name not in memo and name not in todo})
+            plans.append((enc, keep, weights, names))
+        if todo:  # every copy not classified yet, once, in one call of the engine
+            rows: dict[int, list] = {}
+            for name, (t, r) in todo.items():
+                rows.setdefault(t, []).append((r, name))
+            got = sc.votes([(plans[t][0], plans[t][1][[r for r, _ in rs]], np.ones(len(rs))) for t, rs in
+                            rows.items()], row_labels=True)
+            for rs, v in zip(rows.values(), got, strict=True):
+                for (_, name), logits in zip(rs, v.row_logits, strict=True):
+                    memo[name] = np.asarray(logits, np.float64)
+        out = []
+        for _, _, weights, names in plans:
+            logits = np.stack([memo[name] for name in names])
+            w = weights[:, None]
+            counts = np.rint(np.bincount(np.argmax(logits, axis=-1), weights=weights, minlength=sc.num_labels))
+            v = Votes(counts.astype(np.int64), (logits * w).sum(0), (ensembles.softmax(logits) * w).sum(0),
+                      (ensembles.unit_rows(logits) * w).sum(0))
+            out.append(v.scores(ensemble))
+        return np.array(out, np.float64)
 
     return score

@@ -50,21 +50,25 @@ def textfooler(unk_token: str = "[UNK]", neighbours: Neighbours | None = None, w
 
 
 def bert_attack(unk_token: str = "[UNK]", mlm=None, encoder: SentenceEncoder | None = None, k: int = 48,
-                max_fraction: float = 0.4, threshold: float = 0.2, max_len: int = 128) -> Recipe:
+                max_fraction: float = 0.4, threshold: float = 0.2, max_len: int = 256,
+                subwords: str = "single") -> Recipe:
     """Li et al. 2020: the top ``k`` = 48 masked-LM candidates per word (``mlm``: ``(model, tokenizer)`` of a
-    masked-LM run), at most 40% of the words changed, sentence-encoder cosine >= 0.2 to the ORIGINAL text (whole
-    text), NLTK stopwords untouched, importance by the unknown token."""
+    masked-LM run, reading ``max_len`` = 256 tokens as the original code's TextAttack), at most 40% of the words
+    changed, sentence-encoder cosine >= 0.2 to the ORIGINAL text (whole text), NLTK stopwords untouched, importance
+    by the unknown token. ``subwords``: "single" (the original code's: a word of several subwords gets no candidate)
+    or "beam" (a beam over its subwords)."""
     from attacks.transformations import MLMSwap
 
     if mlm is None:
         raise ValueError("bert-attack needs a masked LM for its candidates: --attack-mlm RUN (train.py --task mlm)")
     encoder = encoder or SentenceEncoder()
-    return Recipe("bert-attack", MLMSwap(mlm[0], mlm[1], k=k, max_len=max_len),
+    return Recipe("bert-attack", MLMSwap(mlm[0], mlm[1], k=k, max_len=max_len, subwords=subwords),
                   [C.not_modified_yet, C.Stopwords(stopwords("nltk"))],
                   [C.MaxWordsPerturbed(max_fraction), C.SentenceSimilarity(encoder, threshold, "cosine", None, True)],
                   wir="unk", unk_token=unk_token,
                   params={"k": k, "max_fraction": max_fraction, "similarity": threshold, "metric": "cosine",
-                          "sentence_encoder": "MiniLM-L6 mean pooling", "stopwords": "nltk"})
+                          "sentence_encoder": "MiniLM-L6 mean pooling", "stopwords": "nltk", "mlm_max_len": max_len,
+                          "subwords": subwords})
 
 
 RECIPES = {"deepwordbug": deepwordbug, "textfooler": textfooler, "bert-attack": bert_attack}

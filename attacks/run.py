@@ -3,7 +3,9 @@
 ``attack.jsonl`` rows: index, label, status (skipped: the clean text is misclassified; failed; succeeded),
 clean_prediction, clean_scores, final_prediction, final_scores (the attack's last answer about the returned text),
 recheck_prediction (a fresh, independent query of a randomized scorer about the returned text, not counted in
-``queries``; equal to final_prediction for the deterministic plain model), queries, words_changed, words,
+``queries``; equal to final_prediction for the deterministic plain model), queries (texts asked; under the cache
+and common oracles each distinct text once), forward_passes (inputs the classifier ran on for the example: masked
+copies, each distinct one once, or plain texts), words_changed, words,
 words_searched (the leading words the model reads, within max_len: only these are attacked),
 perturbed_fraction, note, seconds, machine (what the seconds were measured on), text, perturbed_text. A rerun with
 the same config resumes after the last row.
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from attacks.search import FALLBACKS
 from ranmask_jax import distributed, ensembles
 from ranmask_jax.config import SmoothedRunConfig, check_resume_config, opt
 from ranmask_jax.data import DataError
@@ -27,6 +30,21 @@ from ranmask_jax.files import RowFile, fingerprint_files, fingerprint_rows, writ
 log = logging.getLogger(__name__)
 
 RESUMABLE_CHANGES = ("data_dir", "batch_size", "num_examples", "limit")
+ORACLES = ("cache", "fresh", "common")
+
+
+def legacy_settings(stored: dict) -> dict:
+    """What a run made before a setting existed did: the values its config lacks (resuming it with other values
+    is refused). Before these fields, "logit" meant what "meanlogit" means now, the search skipped a word whose
+    candidates did not improve, BERT-Attack beamed over subwords, and the oracle was fresh copies or the cache."""
+    return {"oracle": "cache" if stored.get("cache") else "fresh", "fallback": "skip", "mlm_subwords": "beam",
+            "ensemble_rule": ensemble_rule("meanlogit" if stored.get("ensemble") == "logit" else
+                                           stored.get("ensemble", "vote"))}
+
+
+def ensemble_rule(name: str) -> str:
+    """What an ensemble name computes, as the run's config records it (so a renamed rule cannot resume a run)."""
+    return "the base model on the plain text" if name == "none" else ensembles.describe(name)
 
 
 @dataclasses.dataclass
@@ -42,12 +60,21 @@ class AttackConfig(SmoothedRunConfig):
                                   "same limit attacks the same texts); none: all")
     seed: int = opt(0, "root seed: the subset, the smoothed copies and the random character edits")
     ensemble: str = opt("vote", "none (the base model on the plain text), or a rule of the smoothed classifier: "
-                                "vote (vote shares), logit (softmax of the mean logits), prob (mean probabilities; "
+                                "vote (vote shares), logit (the original code's: softmax of the mean L2-normalised "
+                                "logits), meanlogit (softmax of the mean raw logits), prob (mean probabilities; "
                                 "MaskPure's 'logit'), majority (vote shares, ties to the larger mean probability), "
                                 "onehot (one-hot of that majority class)")
     n: int = opt(100, "masked copies per query of the smoothed classifier")
-    cache: bool = opt(False, "answer each distinct text once per example (TextAttack's cache: a randomized "
-                             "defense then looks deterministic); default: fresh copies for every query")
+    oracle: str = opt("cache", "how the smoothed classifier answers queries (docs/ATTACKS.md): cache (the paper's, "
+                               "through TextAttack's cache: fresh copies for each distinct text, one answer per text "
+                               "and example), fresh (fresh copies for every query: a deployed randomized defense), "
+                               "common (one set of n keep sets per example and word count, each copy's logits "
+                               "cached: the answers of 'cache' with common random numbers, fewer forward passes)")
+    fallback: str = opt("random", "greedy search, when no candidate of a word lowers the true class's score: random "
+                                  "(the original code's TextAttack 0.2: go on from a random candidate) or skip "
+                                  "(TextAttack upstream: keep the current text)")
+    mlm_subwords: str = opt("single", "bert-attack: candidates only for words of one subword (single: the original "
+                                      "code's) or also for longer words, by a beam over their subwords (beam)")
     query_budget: int | None = opt(None, "queries per example (none: unlimited, as in the paper)")
 
     def __post_init__(self):
@@ -67,6 +94,13 @@ class AttackConfig(SmoothedRunConfig):
                              "the plain model")
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
+        for name, value, allowed in (("oracle", self.oracle, ORACLES), ("fallback", self.fallback, FALLBACKS),
+                                     ("mlm_subwords", self.mlm_subwords, ("single", "beam"))):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.oracle == "common" and self.sampling != "uniform":
+            raise ValueError("--oracle common needs uniform keep sets (the same copies for every text of a word "
+                             "count); LM sampling draws them per text: use --oracle cache or fresh")
         if self.query_budget is not None and self.query_budget < 1:
             raise ValueError(f"query_budget must be >= 1, got {self.query_budget}")
         if self.num_examples is not None and self.num_examples < 1:
@@ -79,7 +113,7 @@ def build_scorers(cfg: AttackConfig):
     """``(make_scorer(example_index) -> Scorer, recheck(example_index, text) -> int | None, smoothed, settings)``."""
     import jax
 
-    from attacks.harness import plain_scorer, smoothed_scorer
+    from attacks.harness import common_scorer, plain_scorer, smoothed_scorer
     from ranmask_jax.runs import smoothed_from_run
 
     sc, settings = smoothed_from_run(cfg)
@@ -89,7 +123,8 @@ def build_scorers(cfg: AttackConfig):
         return (lambda i: plain), None, sc, settings
 
     def make(i):
-        return smoothed_scorer(sc, jax.random.fold_in(jax.random.fold_in(root, 0), i), cfg.n, cfg.ensemble)
+        scorer = common_scorer if cfg.oracle == "common" else smoothed_scorer
+        return scorer(sc, jax.random.fold_in(jax.random.fold_in(root, 0), i), cfg.n, cfg.ensemble)
 
     def recheck(i, text):
         fresh = smoothed_scorer(sc, jax.random.fold_in(jax.random.fold_in(root, 1), i), cfg.n, cfg.ensemble)
@@ -117,7 +152,8 @@ def same_answers(rows: list[dict], make_scorer, cfg: AttackConfig, k: int = 5) -
     that differs."""
     from attacks.text import AttackText
 
-    tol = {"none": 1e-4, "logit": 1e-4, "prob": 1e-4, "onehot": 1e-6}.get(cfg.ensemble, 1 / cfg.n + 1e-6)
+    tol = {"none": 1e-4, "logit": 1e-4, "meanlogit": 1e-4, "prob": 1e-4, "onehot": 1e-6}.get(cfg.ensemble,
+                                                                                          1 / cfg.n + 1e-6)
     worst = 0.0
     for r in rows[:k]:
         now = np.asarray(make_scorer(r["index"])([AttackText.from_string(r["text"]).text])[0], np.float64)
@@ -166,14 +202,16 @@ def attack_dataset(cfg: AttackConfig) -> dict:
         kw, mlms, fingerprints = {}, dict(settings["mlms"]), {"model_fingerprint": settings["model_fingerprint"]}
         if cfg.recipe == "bert-attack":  # its candidates come from this masked LM: its weights bind the rows too
             model, tok, files = load_mlm(cfg.attack_mlm, cfg)
-            kw = {"mlm": (model, tok), "max_len": settings["max_len"]}
+            kw = {"mlm": (model, tok), "max_len": min(256, model.cfg.max_positions), "subwords": cfg.mlm_subwords}
             mlms["attack"] = (model, tok)
             fingerprints["attack_mlm_fingerprint"] = fingerprint_files(files)
         probe = model_probe(sc, [t for _, t, _ in selected])
         mlm_now = mlm_probe(mlms, [t for _, t, _ in selected])
         check_resume_config(out / "attack_config.json", cfg, RESUMABLE_CHANGES, started=bool(rowfile.rows),
                             extra={**fingerprints, "data_fingerprint": fingerprint_rows(selected),
-                                   "model_probe": probe, **({"mlm_probe": mlm_now} if mlm_now else {})},
+                                   "ensemble_rule": ensemble_rule(cfg.ensemble), "model_probe": probe,
+                                   **({"mlm_probe": mlm_now} if mlm_now else {})},
+                            legacy=legacy_settings,
                             same_model=lambda stored: {"probe_difference": same_probe(stored, probe,
                                                                                       mlm_now=mlm_now),
                                                        **same_answers(rowfile.rows, make_scorer, cfg)},
@@ -196,10 +234,13 @@ def attack_dataset(cfg: AttackConfig) -> dict:
                 original = AttackText.from_string(ex.text)
             except ValueError as e:
                 raise DataError(f"{ds.source}: example {i}: {e}") from None
-            queries = Queries(make_scorer(i), budget=cfg.query_budget, cache=cfg.cache)
+            queries = Queries(make_scorer(i), budget=cfg.query_budget, cache=cfg.oracle in ("cache", "common"))
             read = words_read(sc, ex.text)  # words past max_len are never searched
             searched = dataclasses.replace(recipe, pre=[*recipe.pre, WithinFirst(read)])
-            res = greedy_wir(original, ex.label, queries, searched, np.random.default_rng([cfg.seed, i]))
+            passes = sc.forward_passes
+            res = greedy_wir(original, ex.label, queries, searched, np.random.default_rng([cfg.seed, i]),
+                             fallback=cfg.fallback)
+            passes = sc.forward_passes - passes
             again = res.final_prediction
             if recheck is not None and res.status != "skipped":
                 again = recheck(i, res.text.text)
@@ -209,7 +250,8 @@ def attack_dataset(cfg: AttackConfig) -> dict:
                 "clean_scores": [round(float(x), 6) for x in res.clean_scores],
                 "final_prediction": res.final_prediction,
                 "final_scores": [round(float(x), 6) for x in res.final_scores], "recheck_prediction": again,
-                "queries": queries.count, "words_changed": changed, "words": len(original), "words_searched": read,
+                "queries": queries.count, "forward_passes": passes, "words_changed": changed,
+                "words": len(original), "words_searched": read,
                 "perturbed_fraction": round(changed / len(original), 6), "note": res.note,
                 "seconds": round(time.perf_counter() - t0, 3), "machine": where, "text": ex.text,
                 "perturbed_text": res.text.text})
@@ -238,6 +280,8 @@ def summarize(rows: list[dict]) -> dict:
         "robust_accuracy_recheck": sum(r["recheck_prediction"] == r["label"] for r in attacked) / n if n else None,
         "success_rate": len(won) / len(attacked) if attacked else None,
         "avg_queries": mean([r["queries"] for r in attacked]),
+        "avg_forward_passes": mean([r["forward_passes"] for r in attacked]) if all(
+            "forward_passes" in r for r in attacked) else None,
         "avg_perturbed_fraction": mean([r["perturbed_fraction"] for r in won]),
         "seconds_per_attacked_example": mean([r["seconds"] for r in attacked]),
         "seconds_total": round(sum(r["seconds"] for r in rows), 2),
@@ -252,8 +296,11 @@ def write_summary(out: Path, rows: list[dict], cfg: AttackConfig, settings: dict
     s = summarize(rows)
     defense = "plain model" if cfg.ensemble == "none" else (
         ("MaskPure" if cfg.purifier else "RanMASK") + f"-{settings['rho']} {cfg.ensemble}, n={cfg.n}"
-        + (" + LM sampling" if cfg.sampling == "lm" else "") + (", cached" if cfg.cache else ""))
-    summary = {**s, "recipe": cfg.recipe, "defense": defense, "rho": settings["rho"], "recipe_params": params,
+        + (" + LM sampling" if cfg.sampling == "lm" else "") + f", {cfg.oracle} oracle")
+    search = f"greedy search, {cfg.fallback} fallback" + (f", {cfg.mlm_subwords}-subword candidates"
+                                                          if cfg.recipe == "bert-attack" else "")
+    summary = {**s, "recipe": cfg.recipe, "defense": defense, "search": search, "oracle": cfg.oracle,
+               "rho": settings["rho"], "recipe_params": params,
                "config": dataclasses.asdict(cfg)}
     write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     pct = lambda x: "-" if x is None else f"{100 * x:.1f}"  # noqa: E731
@@ -261,10 +308,11 @@ def write_summary(out: Path, rows: list[dict], cfg: AttackConfig, settings: dict
     name = DISPLAY_NAMES.get(cfg.dataset, cfg.dataset)
     write_text(
         out / "table.md",
-        f"{cfg.recipe} on {name} {cfg.split} ({s['n']} examples), {defense}\n\n"
-        "| Cln % | Boa % | Boa % (recheck) | Succ % | queries | perturbed words % | s / attacked example |\n"
-        "|---|---|---|---|---|---|---|\n"
+        f"{cfg.recipe} on {name} {cfg.split} ({s['n']} examples), {defense}; {search}\n\n"
+        "| Cln % | Boa % | Boa % (recheck) | Succ % | queries | forward passes | perturbed words % "
+        "| s / attacked example |\n"
+        "|---|---|---|---|---|---|---|---|\n"
         f"| {pct(s['clean_accuracy'])} | {pct(s['robust_accuracy'])} | {pct(s['robust_accuracy_recheck'])} | "
-        f"{pct(s['success_rate'])} | {num(s['avg_queries'], '.1f')} | {pct(s['avg_perturbed_fraction'])} | "
-        f"{num(s['seconds_per_attacked_example'], '.1f')} |\n")
+        f"{pct(s['success_rate'])} | {num(s['avg_queries'], '.1f')} | {num(s['avg_forward_passes'], '.0f')} | "
+        f"{pct(s['avg_perturbed_fraction'])} | {num(s['seconds_per_attacked_example'], '.1f')} |\n")
     return summary

@@ -4,9 +4,12 @@
    deleted ("delete", TextFooler); its importance is how much that lowers the true class's score. All these texts
    go to the scorer in one call.
 2. In order of importance, each word's candidates (the transformation's, filtered by the constraints) are scored
-   in one call; the candidate that lowers the true class's score most is kept if it lowers it below the current
-   text's. When the kept text is misclassified, the attack succeeded: among that step's successful candidates
-   the most similar one (when a constraint reports similarities) is returned.
+   in one call; the candidate that lowers the true class's score most becomes the current text if it lowers it
+   below the current text's. Otherwise (``fallback``) the search goes on from a random candidate ("random": the
+   TextAttack 0.2 search the original RanMASK code runs) or keeps the current text ("skip": TextAttack upstream).
+   When the new current text is misclassified, the attack succeeded: TextAttack ranks that step's candidates by
+   score and, when a constraint reports similarities, returns the most similar of the leading successful ones (the
+   ranking up to its first unsuccessful candidate); otherwise the current text.
 """
 
 from __future__ import annotations
@@ -36,7 +39,13 @@ class Outcome:
         return int(np.argmax(self.final_scores))
 
 
-def greedy_wir(original: AttackText, label: int, queries: Queries, recipe, rng: np.random.Generator) -> Outcome:
+FALLBACKS = ("random", "skip")
+
+
+def greedy_wir(original: AttackText, label: int, queries: Queries, recipe, rng: np.random.Generator,
+               fallback: str = "random") -> Outcome:
+    if fallback not in FALLBACKS:
+        raise ValueError(f"fallback must be one of {', '.join(FALLBACKS)}, got {fallback!r}")
     clean = queries([original.text])[0]
     if int(np.argmax(clean)) != label:
         return Outcome("skipped", original, clean, clean)
@@ -64,13 +73,24 @@ def greedy_wir(original: AttackText, label: int, queries: Queries, recipe, rng: 
                 continue
             scores = queries([c.text for c in cands])
             goal = 1.0 - scores[:, label]
-            best = int(np.argmax(goal))
-            if goal[best] <= 1.0 - cur_scores[label]:
+            ranked = np.argsort(-goal, kind="stable")  # TextAttack sorts by score, ties in candidate order
+            if goal[ranked[0]] > 1.0 - cur_scores[label]:
+                j = int(ranked[0])
+            elif fallback == "random":
+                j = int(rng.integers(len(cands)))
+            else:
                 continue
-            cur, cur_scores = cands[best], scores[best]
+            cur, cur_scores = cands[j], scores[j]
             won = np.argmax(scores, axis=1) != label
-            if won[best]:
-                pick = int(np.flatnonzero(won)[np.argmax(sims[won])]) if recipe.similarity_picks else best
+            if won[j]:
+                pick = j
+                if recipe.similarity_picks:
+                    best = -np.inf
+                    for c in ranked:  # the leading successful candidates
+                        if not won[c]:
+                            break
+                        if sims[c] > best:
+                            best, pick = sims[c], int(c)
                 return Outcome("succeeded", cands[pick], clean, scores[pick])
     except BudgetExhausted as e:
         return Outcome("failed", cur, clean, cur_scores, f"query budget: {e}")

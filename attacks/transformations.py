@@ -83,13 +83,19 @@ def _recase(candidate: str, like: str) -> str:
 
 
 class MLMSwap:
-    """BERT-Attack (Li et al. 2020): a masked LM reads the current text UNMASKED; a word of one token gets the
-    LM's top ``k`` tokens at its position, a word of several tokens the top ``k`` token sequences of a beam over its
-    positions (scored by summed log-probabilities), kept if they form one alphabetic word different from the
-    original. ``k`` = 48 in the paper and the original RanMASK code (TextAttack 0.3.11 uses 8). Tokens beyond
-    ``max_len`` have no prediction: such words get no candidate."""
+    """BERT-Attack (Li et al. 2020): a masked LM reads the current text UNMASKED; a word whose core is one token gets
+    the LM's top ``k`` tokens at its position (whole-word tokens only: no ``##`` continuation, no special token),
+    kept if they form one alphabetic word different from the original. A word of several tokens gets no candidate
+    with ``subwords="single"`` (the original RanMASK code's TextAttack 0.2), or with ``"beam"`` the top ``k`` token
+    sequences of a beam over its positions (scored by summed log-probabilities). ``k`` = 48 in the paper and the
+    original code (TextAttack 0.3.11 uses 8). Tokens beyond ``max_len`` have no prediction: such words get no
+    candidate."""
 
-    def __init__(self, mlm_model, tokenizer, k: int = 48, max_len: int = 128, beam: int = 48):
+    def __init__(self, mlm_model, tokenizer, k: int = 48, max_len: int = 256, beam: int = 48,
+                 subwords: str = "single"):
+        if subwords not in ("single", "beam"):
+            raise ValueError(f"subwords must be single or beam, got {subwords!r}")
+        self.subwords = subwords
         import jax
         from flax import nnx
 
@@ -123,7 +129,7 @@ class MLMSwap:
         # whitespace word i of the text is maskable word i (single texts); its punctuation tokens are not replaced
         pos = [p for p in np.flatnonzero(word == i)
                if any(c.isalnum() for c in self.tokenizer.convert_ids_to_tokens(int(ids[p])))]
-        if len(pos) == 0:
+        if len(pos) == 0 or (len(pos) > 1 and self.subwords == "single"):
             return []
         beams = [((), 0.0)]
         for p in pos:

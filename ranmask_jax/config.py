@@ -279,7 +279,8 @@ PROBES = ("model_probe", "mlm_probe")
 def check_resume_config(path: str | Path, cfg: Any, may_change: tuple[str, ...], started: bool,
                         extra: dict | None = None, write: bool = True,
                         same_model: Callable[[dict], dict] | None = None,
-                        same_data: Callable[[], None] | None = None) -> None:
+                        same_data: Callable[[], None] | None = None,
+                        legacy: Callable[[dict], dict] | None = None) -> None:
     """Write ``cfg`` (and ``extra``, e.g. fingerprints of the model weights and the data) to ``path``. If a run
     that ``started`` (left checkpoints or rows) wrote one there, refuse a config that differs in any field outside
     ``may_change``: resuming with other settings would silently mix two experiments. A run that failed before
@@ -293,7 +294,9 @@ def check_resume_config(path: str | Path, cfg: Any, may_change: tuple[str, ...],
     answers differ. Accepted, the earlier fingerprints and the comparison are kept in the config's
     ``earlier_weights``, so the rows say which weights produced them. Likewise ``same_data()`` decides when only
     the selected data rows changed (a resumable flag such as ``num_examples`` selects others): it raises ValueError
-    unless every row already written is the same text and label in the data now."""
+    unless every row already written is the same text and label in the data now. ``legacy(stored)`` gives the values
+    a run made before a setting existed had, for the keys its config lacks (else a field added later counts as its
+    default there, and an extra key it lacks as unknown)."""
     from ranmask_jax.files import read_json
 
     path = Path(path)
@@ -301,7 +304,7 @@ def check_resume_config(path: str | Path, cfg: Any, may_change: tuple[str, ...],
     if path.exists() and started:
         stored = read_json(path)
         # a config field added after the run started counts as its default there; an extra key it lacks is unknown
-        before = {f.name: f.default for f in dataclasses.fields(cfg)} | stored
+        before = {f.name: f.default for f in dataclasses.fields(cfg)} | (legacy(stored) if legacy else {}) | stored
         diff = [k for k in now if k not in (*may_change, *PROBES) and (k in before) and before[k] != now[k]]
         history = list(stored.get("earlier_weights", []))
         if diff and set(diff) <= set(WEIGHT_FINGERPRINTS) and same_model is not None:

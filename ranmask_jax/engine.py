@@ -27,8 +27,24 @@ class Votes:
     counts: np.ndarray  # [C] int64: copies per predicted class
     logit_sum: np.ndarray  # [C] float64: sum of raw logits
     prob_sum: np.ndarray  # [C] float64: sum of softmax probabilities
+    unit_sum: np.ndarray  # [C] float64: sum of L2-normalised logits
     row_labels: np.ndarray | None = None  # [m] f's class for each distinct copy (when asked for)
     copies: int = 0  # distinct copies classified (each weighted by its multiplicity in the sums)
+    row_logits: np.ndarray | None = None  # [m, C] float32: f's raw logits for each distinct copy (with row_labels)
+
+    @classmethod
+    def empty(cls, num_labels: int, rows: int | None = None, copies: int = 0) -> Votes:
+        """No votes yet (with room for ``rows`` row labels and logits when given)."""
+        z = np.zeros(num_labels)
+        return cls(np.zeros(num_labels, np.int64), z, z.copy(), z.copy(),
+                   None if rows is None else np.zeros(rows, np.int64), copies,
+                   None if rows is None else np.zeros((rows, num_labels), np.float32))
+
+    def add(self, other: Votes) -> None:
+        """Add ``other``'s sums and copies (row labels are the caller's)."""
+        self.counts, self.logit_sum = self.counts + other.counts, self.logit_sum + other.logit_sum
+        self.prob_sum, self.unit_sum = self.prob_sum + other.prob_sum, self.unit_sum + other.unit_sum
+        self.copies += other.copies
 
     @property
     def n(self) -> int:
@@ -37,7 +53,7 @@ class Votes:
     def scores(self, ensemble: str) -> np.ndarray:
         """The ``ensemble`` rule's class scores (``ranmask_jax.ensembles``)."""
         n = max(self.n, 1)
-        return ensembles.scores(ensemble, self.counts, self.logit_sum / n, self.prob_sum / n)
+        return ensembles.scores(ensemble, self.counts, self.logit_sum / n, self.prob_sum / n, self.unit_sum / n)
 
 
 @dataclasses.dataclass
@@ -131,8 +147,8 @@ class CopyEngine:
         self._transform_key = jax.random.key(0x5EED)
         self._batches = 0
         self.traces = 0  # how many times the device step was traced (compiled)
-        self.calls = 0  # device steps dispatched (each classifies up to batch_size copies)
-        self.copies = 0  # distinct masked copies classified
+        self.calls = 0  # device steps dispatched (each classifies up to batch_size inputs)
+        self.forward_passes = 0  # inputs classified: distinct masked copies, and unmasked texts (base_logits)
 
         def step(params, t_params, t_key, table, row_text, keep, weight, out_len):
             self.traces += 1
@@ -154,8 +170,10 @@ class CopyEngine:
             bad = jnp.sum(~jnp.all(jnp.isfinite(logits), axis=-1) & (weight > 0))
             w = weight[:, None]
             per_text = lambda x: jax.ops.segment_sum(x * w, row_text, num_segments=table[0].shape[0])  # noqa: E731
+            norm = jnp.linalg.norm(logits, axis=-1, keepdims=True)
+            unit = logits / jnp.where(norm == 0, 1.0, norm)  # ensembles.unit_rows
             return (per_text(jax.nn.one_hot(label, logits.shape[-1])), per_text(logits),
-                    per_text(jax.nn.softmax(logits, axis=-1)), label, bad)
+                    per_text(jax.nn.softmax(logits, axis=-1)), per_text(unit), logits, bad)
 
         self._step = jax.jit(step, static_argnames=("out_len",))
         self._shard = distributed.batch_sharded(self.mesh)
@@ -198,12 +216,11 @@ class CopyEngine:
               ) -> list[Votes]:
         """Classify the masked copies of many texts at once. Each request is ``(enc, keep [m, W], weights [m])``
         (distinct keep sets with multiplicities); returns per request the weighted votes and sums of logits and
-        probabilities (and f's class per distinct copy with ``row_labels``)."""
+        probabilities (and f's class and raw logits per distinct copy with ``row_labels``)."""
         import jax
 
         reqs = [_Request(e, np.asarray(k, bool), np.asarray(w, np.float32)) for e, k, w in requests]
-        out = [Votes(np.zeros(self.num_labels), np.zeros(self.num_labels), np.zeros(self.num_labels),
-                     np.zeros(len(r.keep), np.int64) if row_labels else None, copies=len(r.keep)) for r in reqs]
+        out = [Votes.empty(self.num_labels, len(r.keep) if row_labels else None, len(r.keep)) for r in reqs]
         # every copy, tagged with its length bucket after masking and the cut to max_len
         tags = [np.stack([np.full(len(r.keep), i), np.arange(len(r.keep)),
                           [copy_bucket(int(x), self.max_len) for x in copy_lengths(r.enc, r.keep, self.max_len)]], 1)
@@ -215,7 +232,7 @@ class CopyEngine:
         pending = []
 
         def collect(take, result) -> None:
-            counts, logit_sum, prob_sum, labels, bad = jax.device_get(result)
+            counts, logit_sum, prob_sum, unit_sum, logits, bad = jax.device_get(result)
             if bad:
                 texts = sorted({int(i) for i in take[:, 0]})
                 raise NonFiniteLogits(f"{self.name} returned NaN or inf logits for {int(bad)} masked copies (of "
@@ -226,9 +243,12 @@ class CopyEngine:
                 out[i].counts = out[i].counts + counts[slot]
                 out[i].logit_sum = out[i].logit_sum + logit_sum[slot]
                 out[i].prob_sum = out[i].prob_sum + prob_sum[slot]
+                out[i].unit_sum = out[i].unit_sum + unit_sum[slot]
             if row_labels:
-                for j, (i, r, _) in enumerate(take):
-                    out[i].row_labels[r] = labels[j]
+                for i in texts:
+                    sel = take[:, 0] == i
+                    out[i].row_logits[take[sel, 1]] = logits[: len(take)][sel]
+                    out[i].row_labels[take[sel, 1]] = np.argmax(logits[: len(take)][sel], axis=-1)
 
         for out_len in np.unique(tags[:, 2]):
             group = tags[tags[:, 2] == out_len]
@@ -270,7 +290,7 @@ class CopyEngine:
         t_key = jax.random.fold_in(self._transform_key, self._batches)
         self._batches += 1
         self.calls += 1
-        self.copies += len(take)
+        self.forward_passes += len(take)
         return self._step(self._params, self._t_params, t_key, jax.device_put(table, self._rep),
                           *jax.device_put((row_text, keep, weight), self._shard), out_len=out_len)
 
@@ -296,6 +316,7 @@ class CopyEngine:
                     types[r, :len(x)] = enc["token_type_ids"][r]
             batch = jax.device_put((ids, attn, types), self._shard)
             logits = np.asarray(self._plain(self._params, *batch))[: len(part)]
+            self.calls, self.forward_passes = self.calls + 1, self.forward_passes + len(part)
             if not np.isfinite(logits).all():
                 raise NonFiniteLogits(f"{self.name} returned NaN or inf logits for "
                                       f"{int((~np.isfinite(logits).all(-1)).sum())} of {len(part)} texts")

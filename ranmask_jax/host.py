@@ -21,7 +21,7 @@ probabilities that do not sum to 1 are refused, as in the engine. The certificat
 deterministic function of the copy (no dropout, no sampling, no state).
 
 Copies are classified text by text, each text's copies sorted by length, ``batch_size`` copies per call (a call
-may hold copies of several texts). ``calls`` and ``copies`` count the calls made and the copies classified.
+may hold copies of several texts). ``calls`` and ``forward_passes`` count the calls made and the inputs classified.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class HostEngine(CopyEngine):
         self.num_labels, self.batch_size, self.mask_side = num_labels, batch_size, mask_side
         self.name = name or f"predict_fn {getattr(predict_fn, '__qualname__', type(predict_fn).__name__)}"
         self.transform, self.texts_per_batch, self.traces = None, 1, 0
-        self.calls = self.copies = 0
+        self.calls = self.forward_passes = 0
         if inputs == "text":
             if not isinstance(mask_token, str) or not mask_token or mask_token != mask_token.strip() or \
                     len(mask_token.split()) != 1:
@@ -174,7 +174,7 @@ class HostEngine(CopyEngine):
         """Call the function on one batch; ``(logits, probabilities)`` ``[rows, C]``, checked."""
         out = self.predict_fn(*batch) if self.inputs == "ids" else self.predict_fn(batch)
         self.calls += 1
-        self.copies += rows
+        self.forward_passes += rows
         if hasattr(out, "detach"):  # a torch tensor
             out = out.detach().float().cpu().numpy()
         try:
@@ -200,9 +200,7 @@ class HostEngine(CopyEngine):
 
     def votes(self, requests, *, row_labels: bool = False) -> list[Votes]:
         """The votes of each request ``(enc, keep [m, W], weights [m])``, as ``CopyEngine.votes``."""
-        out = [Votes(np.zeros(self.num_labels), np.zeros(self.num_labels), np.zeros(self.num_labels),
-                     np.zeros(len(keep), np.int64) if row_labels else None, copies=len(keep))
-               for _, keep, _ in requests]
+        out = [Votes.empty(self.num_labels, len(keep) if row_labels else None, len(keep)) for _, keep, _ in requests]
         pending: list[tuple[int, np.ndarray, object]] = []  # (request, copy indices, that text's copies)
 
         def flush() -> None:
@@ -225,8 +223,9 @@ class HostEngine(CopyEngine):
                 v = out[i]
                 v.counts = v.counts + (np.eye(self.num_labels)[label] * w).sum(0)
                 v.logit_sum, v.prob_sum = v.logit_sum + (lg * w).sum(0), v.prob_sum + (pr * w).sum(0)
+                v.unit_sum = v.unit_sum + (ensembles.unit_rows(lg) * w).sum(0)
                 if row_labels:
-                    v.row_labels[idx] = label
+                    v.row_labels[idx], v.row_logits[idx] = label, lg
             pending.clear()
 
         filled = 0

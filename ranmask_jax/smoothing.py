@@ -132,7 +132,7 @@ class SmoothedClassifier(CopyEngine):
         with ``inputs="ids"``, ``(input_ids, attention_mask, token_type_ids)`` int64 arrays built with
         ``tokenizer`` exactly as the JAX engine builds them, each copy cut to ``max_len``. ``batch_size``: copies
         per call. The result has every method of the smoothed classifier (predict, scores, certify, the attacks);
-        ``calls`` and ``copies`` count the calls made and the copies classified. See ``ranmask_jax.host``."""
+        ``calls`` and ``forward_passes`` count the calls made and the inputs classified (``ranmask_jax.host``)."""
         self = HostSmoothedClassifier.__new__(HostSmoothedClassifier)
         self._use(keep_sets)
         HostEngine.__init__(self, predict_fn, num_labels=num_labels, inputs=inputs, mask_token=mask_token,
@@ -166,7 +166,9 @@ class SmoothedClassifier(CopyEngine):
     def exact_mode(self, enc: EncodedText, threshold: int) -> bool:
         return self.keep_sets.size(enc.h) <= threshold
 
-    def _keep_sets(self, key, enc: EncodedText, n: int, exact: bool) -> tuple[np.ndarray, np.ndarray]:
+    def distinct_keep_sets(self, key, enc: EncodedText, n: int, exact: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct keep sets of ``n`` drawn from ``key`` (or of all of them, ``exact``) and their
+        multiplicities: the copies ``predict`` and ``certify`` classify."""
         keep = self.enumerate_keep_sets(enc) if exact else self.sample(key, enc, n)
         return dedup(keep) if len(keep) else (keep, np.zeros(0, np.int64))
 
@@ -186,8 +188,8 @@ class SmoothedClassifier(CopyEngine):
         # every keep set of the exact texts at once; the sampled ones streamed in passes (memory flat in n)
         whole = [i for i, x in enumerate(exact) if x]
         streamed = [i for i, x in enumerate(exact) if not x]
-        votes = dict(zip(whole, self.votes([(encs[i], *self._keep_sets(keys[i], encs[i], n, True)) for i in whole]),
-                         strict=True))
+        votes = dict(zip(whole, self.votes([(encs[i], *self.distinct_keep_sets(keys[i], encs[i], n, True))
+                                            for i in whole]), strict=True))
         votes.update(zip(streamed, self._stream([keys[i] for i in streamed], [encs[i] for i in streamed], n,
                                                 row_labels=False)[0], strict=True))
         out = []
@@ -211,7 +213,7 @@ class SmoothedClassifier(CopyEngine):
                 alpha: float | None = None, exact_threshold: int | None = None) -> Prediction:
         """g(x) from ``n`` random masked copies (all C(h, k) keep sets when that is <= ``exact_threshold``, default
         ``n``). ``ensemble``: a rule of ``ranmask_jax.ensembles`` ("vote", the majority of f's labels; "logit",
-        "prob", "majority", "onehot"); copies are weighted by multiplicity. With ``alpha``, returns
+        "meanlogit", "prob", "majority", "onehot"); copies are weighted by multiplicity. With ``alpha``, returns
         ABSTAIN unless a binomial test separates the top two vote counts (Cohen et al.'s PREDICT); in exact mode
         the counts are the population itself, so g abstains only when the top two exactly tie."""
         return self.predict_many([key], [text], [text_pair], n=n, ensemble=ensemble, alpha=alpha,
@@ -254,7 +256,7 @@ class SmoothedClassifier(CopyEngine):
         thr = n if exact_threshold is None else exact_threshold
         exact = [self.exact_mode(e, thr) for e in encs]
         # selection copies (or every keep set, in exact mode)
-        first = [(e, *self._keep_sets(jax.random.fold_in(k, 0), e, n0, x))
+        first = [(e, *self.distinct_keep_sets(jax.random.fold_in(k, 0), e, n0, x))
                  for k, e, x in zip(keys, encs, exact, strict=True)]
         v0 = self.votes(first, row_labels=beta == "mc")
         # estimation copies, unless exact, or the selection copies already picked a wrong class
@@ -293,23 +295,21 @@ class SmoothedClassifier(CopyEngine):
         import jax
 
         passes = -(-n // STREAM_CHUNK)
-        votes = [Votes(np.zeros(self.num_labels, np.int64), np.zeros(self.num_labels), np.zeros(self.num_labels),
-                       np.zeros(0, np.int64) if row_labels else None) for _ in encs]
+        votes = [Votes.empty(self.num_labels, 0 if row_labels else None) for _ in encs]
         kept = [([], []) for _ in encs]
         from tqdm.auto import tqdm
 
         for c in tqdm(range(passes), desc=f"{n} copies", unit="pass", disable=True if passes < 8 else None,
                       leave=False):
             size = min(STREAM_CHUNK, n - c * STREAM_CHUNK)
-            reqs = [(e, *self._keep_sets(k if passes == 1 else jax.random.fold_in(k, c), e, size, False))
+            reqs = [(e, *self.distinct_keep_sets(k if passes == 1 else jax.random.fold_in(k, c), e, size, False))
                     for k, e in zip(keys, encs, strict=True)]
             for v, got, (_, keep, weights), store in zip(votes, self.votes(reqs, row_labels=row_labels), reqs, kept,
                                                          strict=True):
-                v.counts, v.logit_sum, v.prob_sum = v.counts + got.counts, v.logit_sum + got.logit_sum, \
-                    v.prob_sum + got.prob_sum
-                v.copies += got.copies
+                v.add(got)
                 if row_labels:
                     v.row_labels = np.concatenate([v.row_labels, got.row_labels])
+                    v.row_logits = np.concatenate([v.row_logits, got.row_logits])
                     store[0].append(keep)
                     store[1].append(weights)
         est = [(None, np.concatenate(k) if k else None, np.concatenate(w) if w else None) for k, w in kept]

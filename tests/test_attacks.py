@@ -3,6 +3,7 @@ attack run on a tiny model (plain and smoothed), resumed."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -239,6 +240,47 @@ def test_query_budget_stops_the_attack():
     assert out.status == "failed" and "query budget" in out.note and q.count <= 25
 
 
+def test_no_improving_candidate_random_fallback_or_skip():
+    """When no candidate of a word lowers the true class's score, the original code's search goes on from a random
+    candidate (the text keeps changing, one word at a time, seeded); TextAttack upstream's keeps the text."""
+    flat = lambda texts: np.tile([0.2, 0.8], (len(texts), 1))  # noqa: E731
+    original = AttackText.from_string(" ".join(WORDS[:8]))
+    skip = greedy_wir(original, 1, Queries(flat), deepwordbug(), np.random.default_rng(0), fallback="skip")
+    assert skip.status == "failed" and skip.text == original
+    moved = [greedy_wir(original, 1, Queries(flat), deepwordbug(), np.random.default_rng(s)) for s in (0, 0, 1)]
+    assert moved[0].status == "failed" and moved[0].text.words_changed(original) == 8  # every word, once
+    assert moved[0].text == moved[1].text != moved[2].text
+    with pytest.raises(ValueError, match="fallback must be one of random, skip"):
+        greedy_wir(original, 1, Queries(flat), deepwordbug(), np.random.default_rng(0), fallback="best")
+
+
+def test_success_returns_the_most_similar_of_the_leading_successes():
+    """TextAttack ranks the winning step's candidates by score and picks the most similar among the successful
+    ones BEFORE the first unsuccessful one: here the ranking is won (similarity 0.2), lost, won (0.9): the first."""
+    def scorer(texts):  # true class 0; scores by the first word (the importance probes: as the clean text)
+        table = {"win1": [0.2, 0.7, 0.1], "lose": [0.34, 0.33, 0.33], "win2": [0.45, 0.55, 0.0]}
+        return np.array([table.get(t.split()[0], [0.9, 0.05, 0.05]) for t in texts])
+
+    def swap(text, i, rng):
+        return ["win1", "lose", "win2"] if i == 0 else []
+
+    def similarity(cands, cur, original, i):
+        return np.ones(len(cands), bool), np.array([{"win1": 0.2, "lose": 0.5, "win2": 0.9}[c.words[0]]
+                                                    for c in cands])
+
+    recipe = Recipe("spy", swap, [], [similarity], wir="unk", similarity_picks=True)
+    out = greedy_wir(AttackText.from_string("a b"), 0, Queries(scorer), recipe, np.random.default_rng(0))
+    assert out.status == "succeeded" and out.text.words[0] == "win1"
+    picks_any = dataclasses.replace(recipe, constraints=[lambda c, *a: (np.ones(len(c), bool), np.array(
+        [{"win1": 0.2, "lose": 0.5, "win2": 0.9}[x.words[0]] for x in c]))])
+    table = {"win1": [0.2, 0.7, 0.1], "lose": [0.34, 0.33, 0.33], "win2": [0.3, 0.6, 0.1]}
+    scorer_won_first = lambda texts: np.array([table.get(t.split()[0], [0.9, 0.05, 0.05])  # noqa: E731
+                                               for t in texts])
+    out = greedy_wir(AttackText.from_string("a b"), 0, Queries(scorer_won_first), picks_any,
+                     np.random.default_rng(0))
+    assert out.text.words[0] == "win2"  # both successes lead the ranking: the more similar one
+
+
 def test_skipped_when_the_clean_text_is_misclassified():
     out = greedy_wir(AttackText.from_string("alpha bravo"), 0, Queries(keyword_scorer("alpha")), deepwordbug(),
                      np.random.default_rng(0))
@@ -296,12 +338,12 @@ def one_ulp(t):
     t[name].flat[0] = np.nextafter(t[name].flat[0], np.float32(1))
 
 
-@pytest.mark.parametrize("ensemble", ["none", "vote"])
-def test_attack_run_end_to_end_and_resume(trained_run, tiny_setup, tmp_path, ensemble):  # noqa: F811
+@pytest.mark.parametrize("ensemble,oracle", [("none", "cache"), ("vote", "cache"), ("vote", "common")])
+def test_attack_run_end_to_end_and_resume(trained_run, tiny_setup, tmp_path, ensemble, oracle):  # noqa: F811
     out = tmp_path / ensemble
 
     def attack(*extra):
-        return attack_cli(attack_args(trained_run, tiny_setup, out, *extra))
+        return attack_cli(attack_args(trained_run, tiny_setup, out, "--oracle", oracle, *extra))
 
     r = attack("--ensemble", ensemble, "--n", "8", "--limit", "2")  # half of the 4 selected, then all of them
     assert r.returncode == 0, r.stderr[-3000:]
@@ -320,6 +362,11 @@ def test_attack_run_end_to_end_and_resume(trained_run, tiny_setup, tmp_path, ens
             assert row["final_prediction"] != row["label"] and row["words_changed"] >= 1
         if ensemble == "none":
             assert row["recheck_prediction"] == row["final_prediction"]
+            assert row["forward_passes"] == row["queries"]  # one per distinct text
+        elif oracle == "cache":  # fresh copies for each distinct text: at most n = 8 each (fewer when they repeat)
+            assert row["queries"] < row["forward_passes"] <= 8 * row["queries"]
+        else:  # common keep sets: a candidate pays only for the copies that keep its changed word
+            assert 0 < row["forward_passes"] < 8 * row["queries"]
     # the attack has something to do, and does it: rows attacked, some fooled (the model beats chance)
     assert sum(r["status"] != "skipped" for r in rows) >= 2
     if ensemble == "none":
@@ -341,7 +388,10 @@ def test_attack_run_end_to_end_and_resume(trained_run, tiny_setup, tmp_path, ens
     assert summary["by_machine"] == ({machines.pop(): {"attacked": attacked, "seconds_per_attacked_example":
                                                        pytest.approx(summary["seconds_per_attacked_example"])}}
                                      if attacked else {})
-    assert "| Cln % |" in (out / "table.md").read_text()
+    table = (out / "table.md").read_text()
+    assert "| Cln % |" in table and f"{oracle} oracle" in table and "random fallback" in table
+    assert summary["avg_forward_passes"] == pytest.approx(np.mean([r["forward_passes"] for r in rows
+                                                                   if r["status"] != "skipped"]))
     again = attack("--ensemble", ensemble, "--n", "8")  # resumes: nothing left to attack, same rows
     assert again.returncode == 0 and (out / "attack.jsonl").read_text().count("\n") == 4
     changed = attack("--ensemble", ensemble, "--n", "16")
@@ -487,3 +537,97 @@ def test_textfooler_recipe_deletes_for_importance_and_picks_the_most_similar(tin
         # the similarity read 15-word windows around word 8 of the current text, never the whole text
         assert enc.seen and all(len(t.split()) == 15 for t in enc.seen)
         assert original.window(8, 15) in enc.seen
+
+
+# -- oracles ----------------------------------------------------------------------------------------------------------
+def test_common_scorer_answers_as_all_n_copies_and_pays_only_for_changed_copies(bert_tokenizer):
+    """Every text's answer is what classifying all n of its word count's keep sets gives (the votes exactly, every
+    rule's scores up to float rounding), whatever was asked before; a text asked again costs nothing, a one-word
+    change costs exactly the distinct keep sets that keep that word; small texts use all their keep sets."""
+    import jax
+
+    from attacks.harness import common_scorer
+    from ranmask_jax import SmoothedClassifier, ensembles
+    from tests.classifiers import BagOfWords
+
+    sc = SmoothedClassifier(BagOfWords(len(bert_tokenizer)), bert_tokenizer, rho=0.4, batch_size=64, max_len=64)
+    key = jax.random.key(3)
+    base = AttackText.from_string("a dull , lifeless and overlong mess of a film that never once finds its footing")
+    texts = [base.text, base.replace(4, "dull").text, base.replace(4, "dull").replace(9, "cold").text,
+             base.without_word(2), "a short one", base.text]
+
+    def direct(text, rule):
+        enc = sc.encode(text)
+        keep, w = sc.distinct_keep_sets(jax.random.fold_in(key, enc.h), enc, 60, sc.exact_mode(enc, 60))
+        return sc.votes([(enc, keep, w)])[0], keep
+
+    for rule in ensembles.NAMES:
+        score = common_scorer(sc, key, n=60, ensemble=rule)
+        got = np.concatenate([score([t]) for t in texts])
+        want = np.array([direct(t, rule)[0].scores(rule) for t in texts])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    score = common_scorer(sc, key, n=60)
+    before = sc.forward_passes
+    score([texts[0]])
+    first = sc.forward_passes - before
+    _, keep = direct(texts[0], "vote")
+    assert first == len(keep)  # every distinct copy once
+    before = sc.forward_passes
+    score([texts[0], texts[1]])
+    assert sc.forward_passes - before == int(keep[:, 4].sum()) > 0  # only the copies that keep word 4
+    votes = [direct(t, "vote")[0].counts for t in texts[:3]]
+    assert [tuple(v) for v in votes] != [tuple(votes[0])] * 3, "the change moves the votes (else weak)"
+    with pytest.raises(ValueError, match="ensemble must be one of"):
+        common_scorer(sc, key, ensemble="mean")
+
+
+def test_bert_attack_gives_multi_subword_words_no_candidate_unless_beamed(bert_tokenizer):
+    from flax import nnx
+
+    from attacks.transformations import MLMSwap
+    from ranmask_jax.models import build_model, tiny
+
+    mlm = build_model(tiny(vocab_size=len(bert_tokenizer), max_position_embeddings=64), "mlm", rngs=nnx.Rngs(0))
+    t = AttackText.from_string("the zorbluxing film was good")
+    assert len(bert_tokenizer("zorbluxing", add_special_tokens=False)["input_ids"]) > 1
+    single, beam = MLMSwap(mlm, bert_tokenizer, k=8), MLMSwap(mlm, bert_tokenizer, k=8, subwords="beam")
+    word, ids, logp = beam._analyse(t.text)  # a masked LM sure of "good" + "##s" at the word's two first pieces
+    pos = np.flatnonzero(word == 1)
+    logp = np.full_like(logp, -20.0)
+    vocab = bert_tokenizer.convert_tokens_to_ids
+    logp[pos[0], vocab("good")], logp[pos[1:], vocab("##s")] = 0.0, 0.0
+    beam._memo = single._memo = {t.text: (word, ids, logp)}
+    assert single(t, 1, None) == [] and beam(t, 1, None)[0] == "good" + "s" * (len(pos) - 1)
+    single._memo = beam._memo = {}
+    assert single(t, 2, None) == beam(t, 2, None) and len(single(t, 2, None)) > 0  # "film": one subword
+    with pytest.raises(ValueError, match="subwords must be single or beam"):
+        MLMSwap(mlm, bert_tokenizer, subwords="all")
+
+
+def test_runs_made_before_a_setting_existed_resume_only_with_their_behaviour(tmp_path):
+    """A run made before --oracle / --fallback / --mlm-subwords existed, or when "logit" meant the mean raw
+    logits, is taken to have had those behaviours: resuming it with others is refused, naming the change."""
+    from attacks.run import AttackConfig, ensemble_rule, legacy_settings
+    from ranmask_jax.config import check_resume_config
+
+    path = tmp_path / "attack_config.json"
+
+    def old(**kw):
+        cfg = {"run_dir": "r", "out": "o", "ensemble": "vote", "cache": False, "n": 100, **kw}
+        path.write_text(json.dumps(cfg))
+
+    def resume(**kw):
+        cfg = AttackConfig(run_dir="r", out="o", **kw)
+        check_resume_config(path, cfg, (), True, extra={"ensemble_rule": ensemble_rule(cfg.ensemble)},
+                            write=False, legacy=legacy_settings)
+
+    old()
+    with pytest.raises(ValueError, match=r"oracle: 'fresh' -> 'cache'.*fallback: 'skip' -> 'random'"):
+        resume()
+    resume(oracle="fresh", fallback="skip", mlm_subwords="beam")  # the old behaviour: accepted
+    old(cache=True)
+    resume(oracle="cache", fallback="skip", mlm_subwords="beam")
+    old(ensemble="logit")  # then "logit" meant what "meanlogit" means now
+    with pytest.raises(ValueError, match=r"ensemble_rule: 'softmax of the mean raw logits' -> 'softmax of the mean "
+                                         r"L2-normalised logits'"):
+        resume(ensemble="logit", oracle="fresh", fallback="skip", mlm_subwords="beam")

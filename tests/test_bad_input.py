@@ -558,8 +558,9 @@ def test_sampled_copies_are_drawn_in_passes_whatever_n(bert_tokenizer, monkeypat
     monkeypatch.setattr(smoothing, "STREAM_CHUNK", 128)
     sc = _garbage_engine(bert_tokenizer, lambda p, i, a, t: jax.nn.one_hot(i[:, 1] % 2, 2))
     sizes = []
-    inner = sc._keep_sets
-    monkeypatch.setattr(sc, "_keep_sets", lambda key, enc, n, exact: sizes.append(n) or inner(key, enc, n, exact))
+    inner = sc.distinct_keep_sets
+    monkeypatch.setattr(sc, "distinct_keep_sets",
+                        lambda key, enc, n, exact: sizes.append(n) or inner(key, enc, n, exact))
     pr = sc.predict(jax.random.key(0), FORTY, n=1000, exact_threshold=0)
     assert pr.n == 1000 and max(sizes) <= 128 and len(sizes) == 8
     sizes.clear()

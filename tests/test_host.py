@@ -62,7 +62,7 @@ def test_same_votes_on_the_same_keep_sets(three):
     split = 0
     for i, (t, p) in enumerate([(t, None) for t in TEXTS] + [PAIR]):
         enc = jx.encode(t, p)
-        keep, w = jx._keep_sets(jax.random.key(i), enc, 300, False)
+        keep, w = jx.distinct_keep_sets(jax.random.key(i), enc, 300, False)
         got = [sc.votes([(sc.encode(t, p), keep, w)], row_labels=True)[0] for sc in three]
         for v in got[1:]:
             assert np.array_equal(v.row_labels, got[0].row_labels) and np.array_equal(v.counts, got[0].counts)
@@ -87,11 +87,12 @@ def test_same_predictions_and_certificates(three):
     assert {c.mode for c in certs[0]} == {"sampled", "exact"}  # "ok" has C(1, 1) = 1 keep set
     for key, t, c in zip(keys, TEXTS, certs[1], strict=True):  # distinct copies: selection + estimation
         enc = jx.encode(t)
-        want = len(jx._keep_sets(jax.random.fold_in(key, 0), enc, 30, c.mode == "exact")[0])
+        want = len(jx.distinct_keep_sets(jax.random.fold_in(key, 0), enc, 30, c.mode == "exact")[0])
         if c.mode == "sampled" and not c.skipped_estimation:
-            want += len(jx._keep_sets(jax.random.fold_in(key, 1), enc, 300, False)[0])
+            want += len(jx.distinct_keep_sets(jax.random.fold_in(key, 1), enc, 300, False)[0])
         assert c.copies == want
-    assert ids.copies == txt.copies > 0 and ids.calls >= -(-ids.copies // 48) and txt.calls >= -(-txt.copies // 37)
+    assert ids.forward_passes == txt.forward_passes > 0
+    assert ids.calls >= -(-ids.forward_passes // 48) and txt.calls >= -(-txt.forward_passes // 37)
 
 
 def test_batches_of_any_size_give_the_same_answers(bert_tokenizer):
@@ -162,7 +163,7 @@ def test_torch_minilm_through_ids_matches_the_jax_model(tmp_path, bert_tokenizer
     labels = []
     for i, t in enumerate(TEXTS[:3]):
         enc = jx.encode(t)
-        keep, w = jx._keep_sets(jax.random.key(i), enc, 48, False)
+        keep, w = jx.distinct_keep_sets(jax.random.key(i), enc, 48, False)
         a, b = (sc.votes([(enc, keep, w)], row_labels=True)[0] for sc in (jx, pt))
         assert np.array_equal(a.row_labels, b.row_labels)
         assert np.abs(a.logit_sum - b.logit_sum).max() <= 1e-4 * w.sum()
@@ -204,7 +205,7 @@ def test_probabilities_checked_and_used():
     probs = lambda b: np.tile([0.2, 0.8], (len(b), 1))  # noqa: E731
     sc = SmoothedClassifier.from_predict_fn(probs, UniformKeepSets(0.5), num_labels=2, mask_token="[MASK]",
                                             outputs="probs")
-    p = sc.predict(jax.random.key(0), "one two three four five", n=10, ensemble="logit")
+    p = sc.predict(jax.random.key(0), "one two three four five", n=10, ensemble="meanlogit")
     assert p.counts == (0, 10) and np.allclose(p.scores, [0.2, 0.8])
     assert np.allclose(sc.base_logits(["a b"]), np.log([[0.2, 0.8]]))
     bad = SmoothedClassifier.from_predict_fn(lambda b: np.tile([0.2, 0.9], (len(b), 1)), UniformKeepSets(0.5),

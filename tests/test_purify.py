@@ -150,9 +150,9 @@ def test_a_copy_gets_the_same_refill_and_class_in_any_batch(bert_tokenizer):
     text = "the quiet film finds its warmth in small and patient moments of grace"
     others = [" ".join(["word"] * n) for n in (3, 9, 30)]
     enc = sc.encode(text)
-    keep, weights = sc._keep_sets(jax.random.key(0), enc, 40, exact=False)
+    keep, weights = sc.distinct_keep_sets(jax.random.key(0), enc, 40, exact=False)
     alone = sc.votes([(enc, keep, weights)], row_labels=True)[0]
-    mixed = sc.votes([(sc.encode(o), *sc._keep_sets(jax.random.key(i), sc.encode(o), 60, exact=False))
+    mixed = sc.votes([(sc.encode(o), *sc.distinct_keep_sets(jax.random.key(i), sc.encode(o), 60, exact=False))
                       for i, o in enumerate(others)] + [(enc, keep, weights)], row_labels=True)[-1]
     assert np.array_equal(alone.row_labels, mixed.row_labels) and np.array_equal(alone.counts, mixed.counts)
     assert len(set(alone.row_labels.tolist())) > 1  # the copies' classes differ: the check is not vacuous

@@ -259,7 +259,9 @@ def test_predict_ensembles_and_abstain(smoothed, bert_tokenizer):
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     mean = logits.mean(0)
-    want = {"vote": votes / 10, "logit": np.exp(mean) / np.exp(mean).sum(), "prob": probs.mean(0)}
+    unit = (logits / np.linalg.norm(logits, axis=1, keepdims=True)).mean(0)
+    want = {"vote": votes / 10, "meanlogit": np.exp(mean) / np.exp(mean).sum(), "prob": probs.mean(0),
+            "logit": np.exp(unit) / np.exp(unit).sum()}
     for ens, scores in want.items():
         pr = smoothed.predict(jax.random.key(5), TEXT5, n=200, ensemble=ens)
         assert pr.n == 10 and pr.counts == tuple(votes)
