@@ -111,16 +111,23 @@ class AttackConfig(SmoothedRunConfig):
 
 def build_scorers(cfg: AttackConfig):
     """``(make_scorer(example_index) -> Scorer, recheck(example_index, text) -> int | None, smoothed, settings)``."""
-    import jax
-
-    from attacks.harness import common_scorer, plain_scorer, smoothed_scorer
     from ranmask_jax.runs import smoothed_from_run
 
     sc, settings = smoothed_from_run(cfg)
+    return (*scorers(sc, cfg), sc, settings)
+
+
+def scorers(sc, cfg: AttackConfig):
+    """``(make_scorer, recheck)`` of ``cfg``'s oracle and ensemble on the smoothed classifier ``sc``: example i's
+    queries draw from ``fold_in(fold_in(seed, 0), i)``, its fresh recheck from ``fold_in(fold_in(seed, 1), i)``."""
+    import jax
+
+    from attacks.harness import common_scorer, plain_scorer, smoothed_scorer
+
     root = jax.random.key(cfg.seed)
     if cfg.ensemble == "none":
         plain = plain_scorer(sc)
-        return (lambda i: plain), None, sc, settings
+        return (lambda i: plain), None
 
     def make(i):
         scorer = common_scorer if cfg.oracle == "common" else smoothed_scorer
@@ -130,7 +137,7 @@ def build_scorers(cfg: AttackConfig):
         fresh = smoothed_scorer(sc, jax.random.fold_in(jax.random.fold_in(root, 1), i), cfg.n, cfg.ensemble)
         return int(np.argmax(fresh([text])[0]))
 
-    return make, recheck, sc, settings
+    return make, recheck
 
 
 def words_read(sc, text: str) -> int:
@@ -174,10 +181,7 @@ def attack_dataset(cfg: AttackConfig) -> dict:
     returns the summary."""
     from tqdm.auto import tqdm
 
-    from attacks.constraints import WithinFirst
-    from attacks.harness import Queries
     from attacks.recipes import RECIPES
-    from attacks.search import greedy_wir
     from attacks.text import AttackText
     from ranmask_jax.progress import Heartbeat
     from ranmask_jax.runs import (
@@ -229,37 +233,46 @@ def attack_dataset(cfg: AttackConfig) -> dict:
         for j, i in enumerate(todo):
             beat("%d/%d examples attacked", len(done) + j, len(indices))
             ex = ds.examples[i]
-            t0 = time.perf_counter()
             try:
-                original = AttackText.from_string(ex.text)
+                AttackText.from_string(ex.text)
             except ValueError as e:
                 raise DataError(f"{ds.source}: example {i}: {e}") from None
-            queries = Queries(make_scorer(i), budget=cfg.query_budget, cache=cfg.oracle in ("cache", "common"))
-            read = words_read(sc, ex.text)  # words past max_len are never searched
-            searched = dataclasses.replace(recipe, pre=[*recipe.pre, WithinFirst(read)])
-            passes = sc.forward_passes
-            res = greedy_wir(original, ex.label, queries, searched, np.random.default_rng([cfg.seed, i]),
-                             fallback=cfg.fallback)
-            passes = sc.forward_passes - passes
-            again = res.final_prediction
-            if recheck is not None and res.status != "skipped":
-                again = recheck(i, res.text.text)
-            changed = res.text.words_changed(original)
-            rowfile.append({
-                "index": i, "label": ex.label, "status": res.status, "clean_prediction": res.clean_prediction,
-                "clean_scores": [round(float(x), 6) for x in res.clean_scores],
-                "final_prediction": res.final_prediction,
-                "final_scores": [round(float(x), 6) for x in res.final_scores], "recheck_prediction": again,
-                "queries": queries.count, "forward_passes": passes, "words_changed": changed,
-                "words": len(original), "words_searched": read,
-                "perturbed_fraction": round(changed / len(original), 6), "note": res.note,
-                "seconds": round(time.perf_counter() - t0, 3), "machine": where, "text": ex.text,
-                "perturbed_text": res.text.text})
+            row = attack_example(sc, recipe, cfg, i, ex.text, ex.label, make_scorer(i), recheck)
+            perturbed = row.pop("perturbed_text")
+            rowfile.append({**row, "machine": where, "text": ex.text, "perturbed_text": perturbed})
             bar.update(1)
         bar.close()
         wanted = set(indices.tolist())
         rows = sorted((r for r in rowfile.rows if r["index"] in wanted), key=lambda r: r["index"])
     return write_summary(out, rows, cfg, settings, recipe.params)
+
+
+def attack_example(sc, recipe, cfg: AttackConfig, i: int, text: str, label: int, scorer, recheck) -> dict:
+    """Attack one text (example ``i``) with ``recipe`` through ``scorer`` under ``cfg``'s oracle, query budget and
+    fallback: its row, less ``machine`` and ``text``."""
+    from attacks.constraints import WithinFirst
+    from attacks.harness import Queries
+    from attacks.search import greedy_wir
+    from attacks.text import AttackText
+
+    t0 = time.perf_counter()
+    original = AttackText.from_string(text)
+    queries = Queries(scorer, budget=cfg.query_budget, cache=cfg.oracle in ("cache", "common"))
+    read = words_read(sc, text)  # words past max_len are never searched
+    searched = dataclasses.replace(recipe, pre=[*recipe.pre, WithinFirst(read)])
+    passes = sc.forward_passes
+    res = greedy_wir(original, label, queries, searched, np.random.default_rng([cfg.seed, i]), fallback=cfg.fallback)
+    passes = sc.forward_passes - passes
+    again = res.final_prediction
+    if recheck is not None and res.status != "skipped":
+        again = recheck(i, res.text.text)
+    changed = res.text.words_changed(original)
+    return {"index": i, "label": label, "status": res.status, "clean_prediction": res.clean_prediction,
+            "clean_scores": [round(float(x), 6) for x in res.clean_scores], "final_prediction": res.final_prediction,
+            "final_scores": [round(float(x), 6) for x in res.final_scores], "recheck_prediction": again,
+            "queries": queries.count, "forward_passes": passes, "words_changed": changed, "words": len(original),
+            "words_searched": read, "perturbed_fraction": round(changed / len(original), 6), "note": res.note,
+            "seconds": round(time.perf_counter() - t0, 3), "perturbed_text": res.text.text}
 
 
 def summarize(rows: list[dict]) -> dict:
