@@ -82,34 +82,37 @@ def main() -> None:
 
 
 def summarize(rows: list[dict], oracles: list[str]) -> dict:
-    """Per oracle on the examples every oracle attacked: success rate, means per attacked example; ratios and a
-    paired test against the first oracle."""
+    """Per oracle, on the examples every oracle has a row for: the examples it attacked (its clean answer was right),
+    successes, and means per attacked example; against the first oracle, the ratios of the means and an exact
+    McNemar test of the successes on the examples both attacked."""
     from scipy.stats import binomtest
 
     by = {o: {r["index"]: r for r in rows if r["oracle"] == o} for o in oracles}
     common = sorted(set.intersection(*(set(b) for b in by.values()))) if by else []
-    attacked = [i for i in common if by[oracles[0]][i]["status"] != "skipped"]
-    out = {}
+
+    def attacked(o: str) -> list[int]:
+        return [i for i in common if by[o][i]["status"] != "skipped"]
+
     def mean(rs: list[dict], k: str) -> float | None:
         return float(np.mean([r[k] for r in rs])) if rs else None
 
+    out = {}
     for o in oracles:
-        rs = [by[o][i] for i in attacked]
+        rs = [by[o][i] for i in attacked(o)]
         out[o] = {"attacked": len(rs), "succeeded": sum(r["status"] == "succeeded" for r in rs),
                   "queries": mean(rs, "queries"), "forward_passes": mean(rs, "forward_passes"),
                   "seconds": mean(rs, "seconds"),
                   "robust_recheck": sum(r["recheck_prediction"] == r["label"] for r in rs)}
-    base = out[oracles[0]] if oracles else None
+    first = oracles[0] if oracles else None
     for o in oracles[1:]:
-        a = [by[oracles[0]][i]["status"] == "succeeded" for i in attacked]
-        b = [by[o][i]["status"] == "succeeded" for i in attacked]
-        pairs = list(zip(a, b, strict=True))
-        only_a, only_b = sum(x and not y for x, y in pairs), sum(y and not x for x, y in pairs)
-        p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
-        out[o].update(forward_pass_ratio=base["forward_passes"] / out[o]["forward_passes"]
-                      if out[o]["forward_passes"] else None,
-                      time_ratio=base["seconds"] / out[o]["seconds"] if out[o]["seconds"] else None,
-                      discordant={f"{oracles[0]} only": only_a, f"{o} only": only_b}, mcnemar_p=p)
+        both = sorted(set(attacked(first)) & set(attacked(o)))
+        won = [(by[first][i]["status"] == "succeeded", by[o][i]["status"] == "succeeded") for i in both]
+        only_a, only_b = sum(a and not b for a, b in won), sum(b and not a for a, b in won)
+        a, b = out[first], out[o]
+        ratio = {k: a[k] / b[k] if a[k] and b[k] else None for k in ("forward_passes", "seconds")}
+        out[o].update(forward_pass_ratio=ratio["forward_passes"], time_ratio=ratio["seconds"], paired=len(both),
+                      discordant={f"{first} only": only_a, f"{o} only": only_b},
+                      mcnemar_p=binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0)
     return {"examples_compared": len(common), "oracles": out}
 
 
