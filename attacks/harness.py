@@ -83,14 +83,19 @@ def smoothed_scorer(sc, key, n: int = 100, ensemble: str = "vote") -> Scorer:
     return score
 
 
-def common_scorer(sc, key, n: int = 100, ensemble: str = "vote") -> Scorer:
+def common_scorer(sc, key, n: int = 100, ensemble: str = "vote", per_call: bool = False) -> Scorer:
     """g over ``n`` masked copies per text with common random numbers (``sc``: a SmoothedClassifier with uniform
     keep sets). Every text of h words gets the same keep sets: the distinct ones of ``n`` drawn from ``fold_in(key,
     h)``, or all of them when there are at most ``n`` (as ``predict``). A copy is determined by its keep set and the
     words it keeps, so its logits are cached under that pair: for a text that differs from earlier ones at the word
     positions S, only the copies whose keep set meets S are classified (at rho 0.9 and |S| = 1 about one in ten).
     Each answer equals ``predict`` on those keep sets (the votes exactly, the scores up to float rounding); a text
-    asked twice gets the same answer."""
+    asked twice gets the same answer.
+
+    ``per_call=True`` draws new keep sets for every call (call c: ``fold_in(fold_in(key, c), h)``) and shares them,
+    and the cache, only among the texts of that call (a step's candidates, or the importance probes): each answer
+    is then distributed exactly as n fresh copies (the ``fresh`` oracle's), while a copy that two texts of the call
+    share (its keep set misses the words where they differ) is classified once."""
     import jax
 
     from ranmask_jax import ensembles
@@ -101,16 +106,22 @@ def common_scorer(sc, key, n: int = 100, ensemble: str = "vote") -> Scorer:
         raise ValueError(f"common keep sets need uniform keep sets, not {type(sc.keep_sets).__name__}")
     by_h: dict[int, tuple] = {}
     memo: dict[tuple, np.ndarray] = {}  # (h, keep-set row, kept words) -> f's raw logits
+    calls = [0]
 
     def keep_sets(enc):
         if enc.h not in by_h:
-            keep, weights = sc.distinct_keep_sets(jax.random.fold_in(key, enc.h), enc, n, sc.exact_mode(enc, n))
+            root = jax.random.fold_in(key, calls[0]) if per_call else key
+            keep, weights = sc.distinct_keep_sets(jax.random.fold_in(root, enc.h), enc, n, sc.exact_mode(enc, n))
             by_h[enc.h] = keep, np.asarray(weights, np.float64), [np.flatnonzero(row[:enc.h]) for row in keep]
         return by_h[enc.h]
 
     def score(texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, sc.num_labels))
+        if per_call:  # new keep sets, nothing shared with earlier calls
+            calls[0] += 1
+            by_h.clear()
+            memo.clear()
         plans, todo = [], {}
         for t, text in enumerate(texts):
             enc = sc.encode(text)

@@ -30,7 +30,7 @@ from ranmask_jax.files import RowFile, fingerprint_files, fingerprint_rows, writ
 log = logging.getLogger(__name__)
 
 RESUMABLE_CHANGES = ("data_dir", "batch_size", "num_examples", "limit")
-ORACLES = ("cache", "fresh", "common")
+ORACLES = ("cache", "fresh", "common", "shared")
 
 
 def legacy_settings(stored: dict) -> dict:
@@ -69,7 +69,9 @@ class AttackConfig(SmoothedRunConfig):
                                "through TextAttack's cache: fresh copies for each distinct text, one answer per text "
                                "and example), fresh (fresh copies for every query: a deployed randomized defense), "
                                "common (one set of n keep sets per example and word count, each copy's logits "
-                               "cached: the answers of 'cache' with common random numbers, fewer forward passes)")
+                               "cached: the answers of 'cache' with common random numbers, fewer forward passes), "
+                               "shared (new keep sets for every call of the search, shared by its texts: the answers "
+                               "of 'fresh' with common random numbers within a step, fewer forward passes)")
     fallback: str = opt("random", "greedy search, when no candidate of a word lowers the true class's score: random "
                                   "(the original code's TextAttack 0.2: go on from a random candidate) or skip "
                                   "(TextAttack upstream: keep the current text)")
@@ -98,9 +100,9 @@ class AttackConfig(SmoothedRunConfig):
                                      ("mlm_subwords", self.mlm_subwords, ("single", "beam"))):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-        if self.oracle == "common" and self.sampling != "uniform":
-            raise ValueError("--oracle common needs uniform keep sets (the same copies for every text of a word "
-                             "count); LM sampling draws them per text: use --oracle cache or fresh")
+        if self.oracle in ("common", "shared") and self.sampling != "uniform":
+            raise ValueError(f"--oracle {self.oracle} needs uniform keep sets (the same copies for every text of a "
+                             "word count); LM sampling draws them per text: use --oracle cache or fresh")
         if self.query_budget is not None and self.query_budget < 1:
             raise ValueError(f"query_budget must be >= 1, got {self.query_budget}")
         if self.num_examples is not None and self.num_examples < 1:
@@ -130,8 +132,10 @@ def scorers(sc, cfg: AttackConfig):
         return (lambda i: plain), None
 
     def make(i):
-        scorer = common_scorer if cfg.oracle == "common" else smoothed_scorer
-        return scorer(sc, jax.random.fold_in(jax.random.fold_in(root, 0), i), cfg.n, cfg.ensemble)
+        key = jax.random.fold_in(jax.random.fold_in(root, 0), i)
+        if cfg.oracle in ("common", "shared"):
+            return common_scorer(sc, key, cfg.n, cfg.ensemble, per_call=cfg.oracle == "shared")
+        return smoothed_scorer(sc, key, cfg.n, cfg.ensemble)
 
     def recheck(i, text):
         fresh = smoothed_scorer(sc, jax.random.fold_in(jax.random.fold_in(root, 1), i), cfg.n, cfg.ensemble)

@@ -632,3 +632,43 @@ def test_runs_made_before_a_setting_existed_resume_only_with_their_behaviour(tmp
     with pytest.raises(ValueError, match=r"ensemble_rule: 'softmax of the mean raw logits' -> 'softmax of the mean "
                                          r"L2-normalised logits'"):
         resume(ensemble="logit", oracle="fresh", fallback="skip", mlm_subwords="beam")
+
+
+def test_shared_scorer_is_fresh_copies_shared_within_a_call(bert_tokenizer):
+    """The shared oracle: every call draws new keep sets; each text's answer is exactly the classification of its n
+    copies under them (so it is distributed as n fresh copies: over many calls, every candidate's mean vote share
+    matches the exact share over all C(h, k) keep sets, at every changed position and for a two-word change), and
+    a call pays once for the copies its texts share: the current text's, plus per candidate those keeping its
+    changed word."""
+    import jax
+
+    from attacks.harness import common_scorer
+    from ranmask_jax import SmoothedClassifier
+    from tests.classifiers import BagOfWords
+
+    sc = SmoothedClassifier(BagOfWords(len(bert_tokenizer)), bert_tokenizer, rho=0.5, batch_size=64, max_len=64)
+    cur = AttackText.from_string("the movie was gripping funny warm")  # h = 6, k = 3: 20 keep sets
+    texts = [cur.text] + [cur.replace(i, "fine").text for i in range(6)] + [cur.replace(1, "good").replace(4,
+                                                                                                         "fun").text]
+    exact = []
+    for t in texts:
+        enc = sc.encode(t)
+        exact.append(sc.votes([(enc, sc.enumerate_keep_sets(enc), np.ones(20))])[0].counts[1] / 20)
+    assert sum(0.1 < p < 0.9 for p in exact) == len(texts), "the exact shares split (else the check is weak)"
+    key = jax.random.key(7)
+    score = common_scorer(sc, key, n=8, per_call=True)
+    calls = 300
+    shares = np.zeros(len(texts))
+    for c in range(1, calls + 1):
+        before = sc.forward_passes
+        got = score(texts)[:, 1]
+        paid = sc.forward_passes - before
+        shares += got
+        enc = sc.encode(cur.text)
+        keep, w = sc.distinct_keep_sets(jax.random.fold_in(jax.random.fold_in(key, c), 6), enc, 8, False)
+        direct = [sc.votes([(sc.encode(t), keep, w)])[0].scores("vote")[1] for t in texts]
+        np.testing.assert_allclose(got, direct, atol=1e-12)
+        changed = [keep[:, i].sum() for i in range(6)] + [(keep[:, 1] | keep[:, 4]).sum()]
+        assert paid == len(keep) + sum(changed)  # the current text's copies once, and each changed one
+    sd = np.sqrt(np.array(exact) * (1 - np.array(exact)) / (8 * calls))
+    assert np.all(np.abs(shares / calls - exact) <= 4.5 * sd + 1e-9), (shares / calls, exact)
