@@ -4,7 +4,7 @@
 clean_prediction, clean_scores, final_prediction, final_scores (the attack's last answer about the returned text),
 recheck_prediction (a fresh, independent query of a randomized scorer about the returned text, not counted in
 ``queries``; equal to final_prediction for the deterministic plain model), queries (texts asked; under the cache
-and common oracles each distinct text once), forward_passes (inputs the classifier ran on for the example: masked
+and common oracles each distinct text once), judge_queries (the adaptive attack's: questions to the judge), forward_passes (inputs the classifier ran on for the example: masked
 copies, each distinct one once, or plain texts), words_changed, words,
 words_searched (the leading words the model reads, within max_len: only these are attacked),
 perturbed_fraction, note, seconds, machine (what the seconds were measured on), text, perturbed_text. A rerun with
@@ -72,6 +72,10 @@ class AttackConfig(SmoothedRunConfig):
                                "cached: the answers of 'cache' with common random numbers, fewer forward passes), "
                                "shared (new keep sets for every call of the search, shared by its texts: the answers "
                                "of 'fresh' with common random numbers within a step, fewer forward passes)")
+    search_ensemble: str | None = opt(None, "the adaptive attack: the rule the search reads (e.g. prob, the mean "
+                                            "probabilities over the copies: an expectation over the masking), "
+                                            "while success is judged by --ensemble on n fresh copies per question "
+                                            "(the judge's questions are counted apart: judge_queries)")
     fallback: str = opt("random", "greedy search, when no candidate of a word lowers the true class's score: random "
                                   "(the original code's TextAttack 0.2: go on from a random candidate) or skip "
                                   "(TextAttack upstream: keep the current text)")
@@ -100,6 +104,10 @@ class AttackConfig(SmoothedRunConfig):
                                      ("mlm_subwords", self.mlm_subwords, ("single", "beam"))):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.search_ensemble is not None:
+            ensembles.check(self.search_ensemble)
+            if self.ensemble == "none":
+                raise ValueError("--search-ensemble attacks a smoothed classifier: give --ensemble (e.g. vote)")
         if self.oracle in ("common", "shared") and self.sampling != "uniform":
             raise ValueError(f"--oracle {self.oracle} needs uniform keep sets (the same copies for every text of a "
                              "word count); LM sampling draws them per text: use --oracle cache or fresh")
@@ -112,7 +120,7 @@ class AttackConfig(SmoothedRunConfig):
 
 
 def build_scorers(cfg: AttackConfig):
-    """``(make_scorer(example_index) -> Scorer, recheck(example_index, text) -> int | None, smoothed, settings)``."""
+    """``(make_scorer, recheck, make_judge, smoothed, settings)``: see ``scorers``."""
     from ranmask_jax.runs import smoothed_from_run
 
     sc, settings = smoothed_from_run(cfg)
@@ -120,8 +128,9 @@ def build_scorers(cfg: AttackConfig):
 
 
 def scorers(sc, cfg: AttackConfig):
-    """``(make_scorer, recheck)`` of ``cfg``'s oracle and ensemble on the smoothed classifier ``sc``: example i's
-    queries draw from ``fold_in(fold_in(seed, 0), i)``, its fresh recheck from ``fold_in(fold_in(seed, 1), i)``."""
+    """``(make_scorer, recheck, make_judge)`` of ``cfg``'s oracle and rules on the smoothed classifier ``sc``:
+    example i's queries draw from ``fold_in(fold_in(seed, 0), i)``, its fresh recheck from ``fold_in(fold_in(seed,
+    1), i)``, the adaptive attack's judge (``--search-ensemble``; else None) from ``fold_in(fold_in(seed, 2), i)``."""
     import jax
 
     from attacks.harness import common_scorer, plain_scorer, smoothed_scorer
@@ -129,19 +138,23 @@ def scorers(sc, cfg: AttackConfig):
     root = jax.random.key(cfg.seed)
     if cfg.ensemble == "none":
         plain = plain_scorer(sc)
-        return (lambda i: plain), None
+        return (lambda i: plain), None, None
+    rule = cfg.search_ensemble or cfg.ensemble
 
     def make(i):
         key = jax.random.fold_in(jax.random.fold_in(root, 0), i)
         if cfg.oracle in ("common", "shared"):
-            return common_scorer(sc, key, cfg.n, cfg.ensemble, per_call=cfg.oracle == "shared")
-        return smoothed_scorer(sc, key, cfg.n, cfg.ensemble)
+            return common_scorer(sc, key, cfg.n, rule, per_call=cfg.oracle == "shared")
+        return smoothed_scorer(sc, key, cfg.n, rule)
 
     def recheck(i, text):
         fresh = smoothed_scorer(sc, jax.random.fold_in(jax.random.fold_in(root, 1), i), cfg.n, cfg.ensemble)
         return int(np.argmax(fresh([text])[0]))
 
-    return make, recheck
+    def judge(i):
+        return smoothed_scorer(sc, jax.random.fold_in(jax.random.fold_in(root, 2), i), cfg.n, cfg.ensemble)
+
+    return make, recheck, (judge if cfg.search_ensemble else None)
 
 
 def words_read(sc, text: str) -> int:
@@ -201,7 +214,7 @@ def attack_dataset(cfg: AttackConfig) -> dict:
 
     out = Path(cfg.out)
     with RowFile(out / "attack.jsonl") as rowfile:
-        make_scorer, recheck, sc, settings = build_scorers(cfg)
+        make_scorer, recheck, make_judge, sc, settings = build_scorers(cfg)
         ds = load_for_run(cfg, settings, sc.num_labels)
         if any(e.text_pair is not None for e in ds.examples):
             raise DataError(f"{ds.source}: sentence pairs cannot be attacked yet (single texts only)")
@@ -241,7 +254,8 @@ def attack_dataset(cfg: AttackConfig) -> dict:
                 AttackText.from_string(ex.text)
             except ValueError as e:
                 raise DataError(f"{ds.source}: example {i}: {e}") from None
-            row = attack_example(sc, recipe, cfg, i, ex.text, ex.label, make_scorer(i), recheck)
+            row = attack_example(sc, recipe, cfg, i, ex.text, ex.label, make_scorer(i), recheck,
+                                 make_judge(i) if make_judge else None)
             perturbed = row.pop("perturbed_text")
             rowfile.append({**row, "machine": where, "text": ex.text, "perturbed_text": perturbed})
             bar.update(1)
@@ -251,9 +265,10 @@ def attack_dataset(cfg: AttackConfig) -> dict:
     return write_summary(out, rows, cfg, settings, recipe.params)
 
 
-def attack_example(sc, recipe, cfg: AttackConfig, i: int, text: str, label: int, scorer, recheck) -> dict:
+def attack_example(sc, recipe, cfg: AttackConfig, i: int, text: str, label: int, scorer, recheck,
+                   judge=None) -> dict:
     """Attack one text (example ``i``) with ``recipe`` through ``scorer`` under ``cfg``'s oracle, query budget and
-    fallback: its row, less ``machine`` and ``text``."""
+    fallback (and with ``judge``, the adaptive attack's verdicts): its row, less ``machine`` and ``text``."""
     from attacks.constraints import WithinFirst
     from attacks.harness import Queries
     from attacks.search import greedy_wir
@@ -265,7 +280,9 @@ def attack_example(sc, recipe, cfg: AttackConfig, i: int, text: str, label: int,
     read = words_read(sc, text)  # words past max_len are never searched
     searched = dataclasses.replace(recipe, pre=[*recipe.pre, WithinFirst(read)])
     passes = sc.forward_passes
-    res = greedy_wir(original, label, queries, searched, np.random.default_rng([cfg.seed, i]), fallback=cfg.fallback)
+    verdicts = Queries(judge) if judge is not None else None
+    res = greedy_wir(original, label, queries, searched, np.random.default_rng([cfg.seed, i]), fallback=cfg.fallback,
+                     judge=verdicts)
     passes = sc.forward_passes - passes
     again = res.final_prediction
     if recheck is not None and res.status != "skipped":
@@ -274,7 +291,8 @@ def attack_example(sc, recipe, cfg: AttackConfig, i: int, text: str, label: int,
     return {"index": i, "label": label, "status": res.status, "clean_prediction": res.clean_prediction,
             "clean_scores": [round(float(x), 6) for x in res.clean_scores], "final_prediction": res.final_prediction,
             "final_scores": [round(float(x), 6) for x in res.final_scores], "recheck_prediction": again,
-            "queries": queries.count, "forward_passes": passes, "words_changed": changed, "words": len(original),
+            "queries": queries.count, **({"judge_queries": verdicts.count} if verdicts is not None else {}),
+            "forward_passes": passes, "words_changed": changed, "words": len(original),
             "words_searched": read, "perturbed_fraction": round(changed / len(original), 6), "note": res.note,
             "seconds": round(time.perf_counter() - t0, 3), "perturbed_text": res.text.text}
 
@@ -313,7 +331,9 @@ def write_summary(out: Path, rows: list[dict], cfg: AttackConfig, settings: dict
     s = summarize(rows)
     defense = "plain model" if cfg.ensemble == "none" else (
         ("MaskPure" if cfg.purifier else "RanMASK") + f"-{settings['rho']} {cfg.ensemble}, n={cfg.n}"
-        + (" + LM sampling" if cfg.sampling == "lm" else "") + f", {cfg.oracle} oracle")
+        + (" + LM sampling" if cfg.sampling == "lm" else "") + f", {cfg.oracle} oracle"
+        + (f"; adaptive: the search reads {cfg.search_ensemble}, {cfg.ensemble} of fresh copies judges"
+           if cfg.search_ensemble else ""))
     search = f"greedy search, {cfg.fallback} fallback" + (f", {cfg.mlm_subwords}-subword candidates"
                                                           if cfg.recipe == "bert-attack" else "")
     summary = {**s, "recipe": cfg.recipe, "defense": defense, "search": search, "oracle": cfg.oracle,

@@ -43,13 +43,18 @@ FALLBACKS = ("random", "skip")
 
 
 def greedy_wir(original: AttackText, label: int, queries: Queries, recipe, rng: np.random.Generator,
-               fallback: str = "random") -> Outcome:
+               fallback: str = "random", judge: Queries | None = None) -> Outcome:
+    """Attack ``original`` (true class ``label``). ``judge``: the adaptive attack. The search reads ``queries`` (a
+    soft score, e.g. the mean probabilities over the masked copies) while success, and the clean and final scores,
+    are the judge's answers (e.g. the vote of fresh copies): the clean text is asked once, each step's kept candidate
+    once, and for the most-similar pick the leading candidates in the search's ranking until one is not a success."""
     if fallback not in FALLBACKS:
         raise ValueError(f"fallback must be one of {', '.join(FALLBACKS)}, got {fallback!r}")
-    clean = queries([original.text])[0]
+    clean_search = queries([original.text])[0]
+    clean = judge([original.text])[0] if judge is not None else clean_search
     if int(np.argmax(clean)) != label:
         return Outcome("skipped", original, clean, clean)
-    cur, cur_scores = original, clean
+    cur, cur_scores, verdict = original, clean_search, clean
     try:
         idx = [i for i in original.attackable() if all(p(original, i) for p in recipe.pre)]
         if not idx:
@@ -81,17 +86,20 @@ def greedy_wir(original: AttackText, label: int, queries: Queries, recipe, rng: 
             else:
                 continue
             cur, cur_scores = cands[j], scores[j]
-            won = np.argmax(scores, axis=1) != label
-            if won[j]:
+            answers = {j: scores[j] if judge is None else judge([cands[j].text])[0]}  # what decides success
+            verdict = answers[j]
+            if int(np.argmax(verdict)) != label:
                 pick = j
                 if recipe.similarity_picks:
                     best = -np.inf
-                    for c in ranked:  # the leading successful candidates
-                        if not won[c]:
+                    for c in (int(c) for c in ranked):  # the leading successful candidates
+                        if c not in answers:
+                            answers[c] = scores[c] if judge is None else judge([cands[c].text])[0]
+                        if int(np.argmax(answers[c])) == label:
                             break
                         if sims[c] > best:
-                            best, pick = sims[c], int(c)
-                return Outcome("succeeded", cands[pick], clean, scores[pick])
+                            best, pick = sims[c], c
+                return Outcome("succeeded", cands[pick], clean, answers[pick])
     except BudgetExhausted as e:
-        return Outcome("failed", cur, clean, cur_scores, f"query budget: {e}")
-    return Outcome("failed", cur, clean, cur_scores)
+        return Outcome("failed", cur, clean, verdict, f"query budget: {e}")
+    return Outcome("failed", cur, clean, verdict)

@@ -66,8 +66,9 @@ def main() -> None:
             for o in oracles[j % len(oracles):] + oracles[:j % len(oracles)]:  # rotated: no oracle always first
                 if f"{i}:{o}" in done:
                     continue
-                make, recheck = made[o]
-                row = attack_example(sc, recipe, cfgs[o], i, ex.text, ex.label, make(i), recheck)
+                make, recheck, judge = made[o]
+                row = attack_example(sc, recipe, cfgs[o], i, ex.text, ex.label, make(i), recheck,
+                                     judge(i) if judge else None)
                 rows.append({"cell": f"{i}:{o}", "oracle": o, **row, "machine": where, "date": time.strftime(
                     "%Y-%m-%d")})
                 print(f"{j + 1}/{len(indices)} example {i} {o}: {row['status']}, {row['queries']} queries, "

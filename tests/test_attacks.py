@@ -281,6 +281,36 @@ def test_success_returns_the_most_similar_of_the_leading_successes():
     assert out.text.words[0] == "win2"  # both successes lead the ranking: the more similar one
 
 
+def test_adaptive_attack_searches_on_one_score_and_is_judged_by_another():
+    """The search reads a soft score (here: every changed word lowers the true class a little, and past the third
+    change the argmax flips), while success is the judge's (true class kept until "delta" is changed): the attack
+    goes on past the soft flip, succeeds when the judge says so, and reports the judge's scores; the clean text is
+    judged by the judge too."""
+    original = AttackText.from_string("alpha bravo charlie delta echo")
+
+    def soft(texts):
+        p1 = np.array([0.9 - 0.15 * sum(w not in WORDS for w in t.split()) for t in texts])
+        return np.stack([1 - p1, p1], 1)
+
+    judged = []
+
+    def judge(texts):
+        judged.extend(texts)
+        hit = np.array([t.split()[3] != "delta" for t in texts], float)
+        return np.stack([0.3 + 0.5 * hit, 0.7 - 0.5 * hit], 1)
+
+    out = greedy_wir(original, 1, Queries(soft), deepwordbug(), np.random.default_rng(0), judge=Queries(judge))
+    assert out.status == "succeeded" and out.text.words[3] != "delta"
+    np.testing.assert_allclose(out.final_scores, [0.8, 0.2])
+    np.testing.assert_allclose(out.clean_scores, [0.3, 0.7])
+    assert judged[0] == original.text and len(judged) >= 2
+    plain = greedy_wir(original, 1, Queries(soft), deepwordbug(), np.random.default_rng(0))
+    assert plain.status == "succeeded" and plain.text.words_changed(original) == 3  # the soft score's own flip
+    wrong = greedy_wir(original, 0, Queries(lambda t: soft(t)[:, ::-1]), deepwordbug(), np.random.default_rng(0),
+                       judge=Queries(judge))
+    assert wrong.status == "skipped"  # the judge says class 1: the clean text is not attacked
+
+
 def test_skipped_when_the_clean_text_is_misclassified():
     out = greedy_wir(AttackText.from_string("alpha bravo"), 0, Queries(keyword_scorer("alpha")), deepwordbug(),
                      np.random.default_rng(0))
