@@ -5,8 +5,10 @@
 # ag_news:agnews-rho0.9:textfooler:vote:50. Every cell draws the same NUM_EXAMPLES (default 100) seeded test texts;
 # NUM attacks only NUM of them (--limit: a seeded subset, the same in every cell with that NUM, extended in place
 # when NUM is raised later). DEFENSE: none (the plain model), vote / logit (RanMASK, 100 copies
-# per query), lm-vote / lm-logit (RanMASK with LM-based sampling), maskpure-MODE (MODE: prob, majority, onehot,
-# vote, logit; MaskPure: 30% of words masked and refilled by the masked LM, 11 voters). The masked-LM run of a
+# per query), lm-vote / lm-logit (RanMASK with LM-based sampling), adaptive (RanMASK vote, the search reading the
+# mean probabilities), maskpure-MODE (MODE: prob, majority, onehot, vote, logit; MaskPure: 30% of words masked and
+# refilled by the masked LM, 11 voters). ORACLE (default cache, the paper's; fresh, common, shared) answers the
+# smoothed classifier's queries; a cell under another oracle than cache writes to attack-RECIPE-DEFENSE-ORACLE. The masked-LM run of a
 # dataset (LM sampling, MaskPure, bert-attack's candidates) is RUNS_DIR/agnews-mlm or RUNS_DIR/sst2-mlm unless
 # MLM_RUN names another. Rows go to RUNS_DIR/RUN/attack-RECIPE-DEFENSE/ and, with the summary, are copied to
 # docs/runs/RUN/ every PUBLISH_EVERY seconds (default 120) and when the cell ends. Every cell resumes when rerun,
@@ -22,13 +24,20 @@ for cell in "$@"; do
     mlm="$RUNS/${MLM_RUN:-${ds//_/}-mlm}"
     case "$defense" in
         none|vote|logit) flags=(--ensemble "$defense" --n 100) ;;
+        adaptive) flags=(--ensemble vote --n 100 --search-ensemble prob) ;;
         lm-*) flags=(--ensemble "${defense#lm-}" --n 100 --sampling lm --lm "$mlm") ;;
         maskpure-*) flags=(--ensemble "${defense#maskpure-}" --n 11 --rho 0.3 --purifier "$mlm") ;;
         *) echo "unknown defense $defense in $cell" >&2; exit 2 ;;
     esac
     [ "$recipe" != bert-attack ] || flags+=(--attack-mlm "$mlm")
-    out="$RUNS/$run/attack-$recipe-$defense"
-    dest="${PUBLISH_DIR:-docs/runs}/$run/attack-$recipe-$defense"
+    oracle="${ORACLE:-cache}"
+    suffix=""
+    if [ "$defense" != none ]; then
+        flags+=(--oracle "$oracle")
+        [ "$oracle" = cache ] || suffix="-$oracle"
+    fi
+    out="$RUNS/$run/attack-$recipe-$defense$suffix"
+    dest="${PUBLISH_DIR:-docs/runs}/$run/attack-$recipe-$defense$suffix"
     mkdir -p "$dest" "$out"
     # rows published by an earlier machine resume here too (the run refuses them if the weights differ)
     if [ -f "$dest/attack.jsonl" ] && [ ! -f "$out/attack.jsonl" ]; then
