@@ -4,11 +4,11 @@
 clean_prediction, clean_scores, final_prediction, final_scores (the attack's last answer about the returned text),
 recheck_prediction (a fresh, independent query of a randomized scorer about the returned text, not counted in
 ``queries``; equal to final_prediction for the deterministic plain model), queries (texts asked; under the cache
-and common oracles each distinct text once), judge_queries (the adaptive attack's: questions to the judge), forward_passes (inputs the classifier ran on for the example: masked
-copies, each distinct one once, or plain texts), words_changed, words,
-words_searched (the leading words the model reads, within max_len: only these are attacked),
-perturbed_fraction, note, seconds, machine (what the seconds were measured on), text, perturbed_text. A rerun with
-the same config resumes after the last row.
+and common oracles each distinct text once), judge_queries (the adaptive attack's: questions to the judge),
+forward_passes (inputs the classifier ran on for the example: masked copies, each distinct one once, or plain
+texts), words_changed, words, words_searched (the leading words the model reads, within max_len: only these are
+attacked), perturbed_fraction, note, seconds, machine (what the seconds were measured on), text, perturbed_text. A
+rerun with the same config resumes after the last row.
 """
 
 from __future__ import annotations
@@ -55,6 +55,9 @@ class AttackConfig(SmoothedRunConfig):
     recipe: str = opt("deepwordbug", "deepwordbug, textfooler or bert-attack (needs --attack-mlm)")
     attack_mlm: str | None = opt(None, "bert-attack: the masked-LM run whose predictions are the candidates")
     num_examples: int | None = opt(100, "attack a seeded random subset of this many texts (default 100; none: all)")
+    grow_from: int | None = opt(None, "a smaller --num-examples whose texts this selection contains (the earlier "
+                                      "cells' texts, plus a seeded draw of the rest), so that cells of both sizes "
+                                      "compare on the smaller one's texts")
     limit: int | None = opt(None, "attack only this many of the selected texts: a seeded random subset of them, "
                                   "nested (a larger limit later extends the same rows, and every cell with the "
                                   "same limit attacks the same texts); none: all")
@@ -117,6 +120,9 @@ class AttackConfig(SmoothedRunConfig):
             raise ValueError("num_examples must be >= 1")
         if self.limit is not None and self.limit < 1:
             raise ValueError("limit must be >= 1")
+        if self.grow_from is not None and (self.grow_from < 1 or self.num_examples is None
+                                           or self.grow_from >= self.num_examples):
+            raise ValueError(f"grow_from must be >= 1 and below num_examples, got {self.grow_from}")
 
 
 def build_scorers(cfg: AttackConfig):
@@ -218,7 +224,7 @@ def attack_dataset(cfg: AttackConfig) -> dict:
         ds = load_for_run(cfg, settings, sc.num_labels)
         if any(e.text_pair is not None for e in ds.examples):
             raise DataError(f"{ds.source}: sentence pairs cannot be attacked yet (single texts only)")
-        indices = select_indices(len(ds), cfg.num_examples, cfg.seed)
+        indices = select_indices(len(ds), cfg.num_examples, cfg.seed, cfg.grow_from)
         selected = [[int(i), ds.examples[i].text, ds.examples[i].label] for i in indices]
         kw, mlms, fingerprints = {}, dict(settings["mlms"]), {"model_fingerprint": settings["model_fingerprint"]}
         if cfg.recipe == "bert-attack":  # its candidates come from this masked LM: its weights bind the rows too

@@ -8,7 +8,8 @@
 # per query), lm-vote / lm-logit (RanMASK with LM-based sampling), adaptive (RanMASK vote, the search reading the
 # mean probabilities), maskpure-MODE (MODE: prob, majority, onehot, vote, logit; MaskPure: 30% of words masked and
 # refilled by the masked LM, 11 voters). ORACLE (default cache, the paper's; fresh, common, shared) answers the
-# smoothed classifier's queries; a cell under another oracle than cache writes to attack-RECIPE-DEFENSE-ORACLE. The masked-LM run of a
+# smoothed classifier's queries; a cell under another oracle than cache writes to attack-RECIPE-DEFENSE-ORACLE.
+# GROW_FROM=100 with NUM_EXAMPLES=200: the 200 texts contain the 100 of the cells drawn with NUM_EXAMPLES=100. The masked-LM run of a
 # dataset (LM sampling, MaskPure, bert-attack's candidates) is RUNS_DIR/agnews-mlm or RUNS_DIR/sst2-mlm unless
 # MLM_RUN names another. Rows go to RUNS_DIR/RUN/attack-RECIPE-DEFENSE/ and, with the summary, are copied to
 # docs/runs/RUN/ every PUBLISH_EVERY seconds (default 120) and when the cell ends. Every cell resumes when rerun,
@@ -51,7 +52,7 @@ for cell in "$@"; do
     status=
     ranmask-attack --run-dir "$RUNS/$run" --data-dir "$DATA_DIR" --dataset "$ds" --split test \
         --recipe "$recipe" --num-examples "${NUM_EXAMPLES:-100}" ${num:+--limit "$num"} --seed 0 --out "$out" "${flags[@]}" \
-        ${ATTACK_ARGS:-} || status=$?
+        ${GROW_FROM:+--grow-from "$GROW_FROM"} ${ATTACK_ARGS:-} || status=$?
     kill "$copier" 2>/dev/null || true
     publish_rows
     [ -z "$status" ] || exit "$status"

@@ -103,10 +103,17 @@ def _config_label_names(model_dir: Path, num_labels: int) -> list[str] | None:
     return None if generic else names
 
 
-def select_indices(n_total: int, num_examples: int | None, seed: int) -> np.ndarray:
-    """A seeded random subset (sorted), or everything."""
+def select_indices(n_total: int, num_examples: int | None, seed: int, grow_from: int | None = None) -> np.ndarray:
+    """A seeded random subset (sorted), or everything. ``grow_from``: a smaller ``num_examples`` whose selection
+    this one must contain (earlier results on it stay comparable): that selection, plus a seeded draw (a stream apart
+    from it) of the rest from the other texts."""
     if num_examples is None or num_examples >= n_total:
         return np.arange(n_total)
+    if grow_from is not None and grow_from < num_examples:
+        base = select_indices(n_total, grow_from, seed)
+        others = np.setdiff1d(np.arange(n_total), base)
+        more = np.random.default_rng([seed, 2]).choice(others, size=num_examples - len(base), replace=False)
+        return np.sort(np.concatenate([base, more]))
     return np.sort(np.random.default_rng(seed).choice(n_total, size=num_examples, replace=False))
 
 

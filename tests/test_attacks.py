@@ -317,6 +317,22 @@ def test_skipped_when_the_clean_text_is_misclassified():
     assert out.status == "skipped" and out.text.text == "alpha bravo"
 
 
+def test_a_larger_selection_can_grow_from_a_smaller_one():
+    from ranmask_jax.runs import select_indices
+
+    small, big = select_indices(7600, 100, 0), select_indices(7600, 200, 0, grow_from=100)
+    assert len(big) == 200 == len(set(big)) and set(small) <= set(big) and list(big) == sorted(big)
+    assert list(select_indices(7600, 200, 0, grow_from=100)) == list(big)
+    assert len(set(select_indices(7600, 200, 0)) & set(small)) < 20  # without it the two are unrelated draws
+    # the added texts are uniform over the rest: each other text's chance is 100 / 7500
+    hits = np.zeros(7600)
+    for seed in range(300):
+        grown = select_indices(7600, 200, seed, grow_from=100)
+        hits[np.setdiff1d(grown, select_indices(7600, 100, seed))] += 1
+    assert hits.sum() == 300 * 100 and abs(hits[:3800].sum() / hits.sum() - 0.5) < 0.02
+    assert hits.var() / hits.mean() < 1.2  # no text far more likely than another (Poisson-like counts)
+
+
 def test_limit_is_a_nested_seeded_subset_of_the_selection():
     from ranmask_jax.runs import limit_indices, select_indices
 
