@@ -6,7 +6,9 @@
 One line per (defense, recipe): examples, Cln / Boa / Boa by a fresh recheck / Succ, average queries, perturbed-word
 fraction of the successful attacks, seconds per attacked example, and the wall time of the cell; recomputed from the
 rows (``attack.jsonl``), so a cell still running shows what it has; ``--common`` adds the same table on the texts
-that every cell attacked. The plot: accuracy under attack per recipe
+that every cell attacked; ``--paired`` compares every pair of cells of one recipe on the texts both have (robust =
+the attack failed on a text the defense got right): the two Boa, their difference with a 95% paired bootstrap
+interval, the discordant texts and the exact McNemar p-value. The plot: accuracy under attack per recipe
 (groups) and defense (bars), with 95% Clopper-Pearson intervals over the examples.
 """
 
@@ -43,6 +45,44 @@ def restrict(cell: dict, keep: set[int]) -> dict:
     """The cell's figures recomputed on the examples in ``keep``."""
     rows = [r for r in cell["rows"] if r["index"] in keep]
     return {**cell, **summarize(rows), "rows": rows, "wanted": None}
+
+
+def paired(a: dict, b: dict, resamples: int = 10000, seed: int = 0) -> dict:
+    """Boa of cells ``a`` and ``b`` on the texts both have, paired per text: the difference a - b with a 95%
+    percentile bootstrap interval over texts (``resamples`` draws, seeded), the discordant counts and the exact
+    McNemar test (two-sided binomial test of the discordant texts)."""
+    import numpy as np
+    from scipy.stats import binomtest
+
+    ra, rb = ({r["index"]: r["status"] == "failed" for r in c["rows"]} for c in (a, b))
+    both = sorted(set(ra) & set(rb))
+    x = np.array([ra[i] for i in both], float)
+    y = np.array([rb[i] for i in both], float)
+    only_a, only_b = int(((x == 1) & (y == 0)).sum()), int(((x == 0) & (y == 1)).sum())
+    if not both:
+        return {"texts": 0}
+    draws = np.random.default_rng(seed).integers(0, len(both), size=(resamples, len(both)))
+    diffs = (x[draws] - y[draws]).mean(axis=1)
+    return {"texts": len(both), "boa_a": float(x.mean()), "boa_b": float(y.mean()), "diff": float((x - y).mean()),
+            "ci95": (float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))), "only_a": only_a,
+            "only_b": only_b, "p": binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0}
+
+
+def paired_table(cells: list[dict]) -> str:
+    lines = ["| attack | defense A | defense B | texts | Boa A % | Boa B % | A - B (95% CI) | robust only A / only B "
+             "| McNemar p |", "|---|---|---|---|---|---|---|---|---|"]
+    for recipe in sorted({c["recipe"] for c in cells}):
+        group = [c for c in cells if c["recipe"] == recipe]
+        for i, a in enumerate(group):
+            for b in group[i + 1:]:
+                t = paired(a, b)
+                if not t["texts"]:
+                    continue
+                lo, hi = t["ci95"]
+                lines.append(f"| {recipe} | {a['defense']} | {b['defense']} | {t['texts']} | {_pct(t['boa_a'])} | "
+                             f"{_pct(t['boa_b'])} | {100 * t['diff']:+.1f} ({100 * lo:+.1f}, {100 * hi:+.1f}) | "
+                             f"{t['only_a']} / {t['only_b']} | {t['p']:.3g} |")
+    return "\n".join(lines) + "\n"
 
 
 def table(cells: list[dict]) -> str:
@@ -101,6 +141,8 @@ def main() -> None:
     p.add_argument("cells", nargs="+", type=Path)
     p.add_argument("--title", default="")
     p.add_argument("--plot", type=Path)
+    p.add_argument("--paired", action="store_true",
+                   help="also compare every two cells of a recipe on their common texts (McNemar, 95%% interval)")
     p.add_argument("--common", action="store_true",
                    help="also print the table recomputed on the texts that every cell has attacked (cells of "
                         "different sizes, e.g. --limit 50 beside 100-text cells)")
@@ -115,6 +157,9 @@ def main() -> None:
         keep = set.intersection(*({r["index"] for r in c["rows"]} for c in cells))
         print(f"On the {len(keep)} texts every cell attacked:\n")
         print(table([restrict(c, keep) for c in cells]))
+    if args.paired:
+        print("Paired, on the texts both cells attacked (robust: the attack failed):\n")
+        print(paired_table(cells))
     if args.plot:
         plot(cells, args.plot, args.title)
 

@@ -718,3 +718,22 @@ def test_shared_scorer_is_fresh_copies_shared_within_a_call(bert_tokenizer):
         assert paid == len(keep) + sum(changed)  # the current text's copies once, and each changed one
     sd = np.sqrt(np.array(exact) * (1 - np.array(exact)) / (8 * calls))
     assert np.all(np.abs(shares / calls - exact) <= 4.5 * sd + 1e-9), (shares / calls, exact)
+
+
+def test_paired_comparison_of_two_cells():
+    """summarize_attacks.py --paired: on the texts both cells have, Boa of each, the difference with a bootstrap
+    interval around it, the discordant texts and McNemar's exact p (here 6 texts robust only under A, 1 only
+    under B: two-sided binomial p = 2 * P(X <= 1 | 7, 1/2) = 0.125)."""
+    import runpy
+
+    from tests.test_train import ROOT
+
+    paired = runpy.run_path(str(ROOT / "experiments" / "summarize_attacks.py"))["paired"]
+    status_a = ["failed"] * 10 + ["succeeded"] * 8 + ["skipped"] * 2 + ["failed"]  # index 20 only in A
+    status_b = ["failed"] * 4 + ["succeeded"] * 6 + ["succeeded"] * 7 + ["failed"] + ["skipped"] * 2
+    a = {"rows": [{"index": i, "status": s} for i, s in enumerate(status_a)]}
+    b = {"rows": [{"index": i, "status": s} for i, s in enumerate(status_b)]}
+    t = paired(a, b)
+    assert t["texts"] == 20 and (t["only_a"], t["only_b"]) == (6, 1)
+    assert t["boa_a"] == 0.5 and t["boa_b"] == 0.25 and t["diff"] == pytest.approx(0.25)
+    assert t["p"] == pytest.approx(0.125) and t["ci95"][0] < 0.25 < t["ci95"][1]
