@@ -32,7 +32,7 @@ import numpy as np
 
 from ranmask_jax import ensembles
 from ranmask_jax.engine import CopyEngine, NonFiniteLogits, Votes, copy_bucket
-from ranmask_jax.masking import MaskSide, bucket, copy_lengths, split_words
+from ranmask_jax.masking import MaskSide, bucket, checked_texts, copy_lengths, split_words
 
 INPUTS = ("text", "ids")
 OUTPUTS = ("logits", "probs")
@@ -57,13 +57,7 @@ class WordText:
 
 def word_text(text: str, text_pair: str | None, mask_side: MaskSide) -> WordText:
     """``text`` (and ``text_pair``) as words, with the same checks as ``masking.encode``."""
-    texts = [text] if text_pair is None else [text, text_pair]
-    for i, t in enumerate(texts):
-        side = "" if text_pair is None else f" (side {i + 1} of the pair)"
-        if not isinstance(t, str):
-            raise ValueError(f"text{side} must be a string, got {type(t).__name__}")
-        if not t.strip():
-            raise ValueError(f"empty text{side}")
+    texts = checked_texts(text, text_pair)
     if text_pair is None:
         maskable = (True,)
     else:

@@ -148,13 +148,8 @@ def _tie_tokens_to_words(offsets: list[tuple[int, int]], spans: list[tuple[int, 
     return out
 
 
-def encode(tokenizer, text: str, text_pair: str | None = None, *, mask_side: MaskSide = "second") -> EncodedText:
-    """Tokenize ``text`` (and ``text_pair``) whole, as ``canonical_text`` writes it, and tie each token to its word.
-
-    For a pair, ``mask_side`` says which side's words are maskable ("second", the hypothesis, as in the paper;
-    "first"; or "both"); tokens of the other side are always kept. Nothing is truncated here: ``build_masked`` cuts
-    each masked copy to ``max_len``.
-    """
+def checked_texts(text: str, text_pair: str | None = None) -> list[str]:
+    """``[text]`` or ``[text, text_pair]``; each must be a string with a word in it (the error names the side)."""
     texts = [text] if text_pair is None else [text, text_pair]
     for i, t in enumerate(texts):
         side = "" if text_pair is None else f" (side {i + 1} of the pair)"
@@ -162,7 +157,17 @@ def encode(tokenizer, text: str, text_pair: str | None = None, *, mask_side: Mas
             raise ValueError(f"text{side} must be a string, got {type(t).__name__}")
         if not t.strip():
             raise ValueError(f"empty text{side}")
-    texts = [canonical_text(t) for t in texts]
+    return texts
+
+
+def encode(tokenizer, text: str, text_pair: str | None = None, *, mask_side: MaskSide = "second") -> EncodedText:
+    """Tokenize ``text`` (and ``text_pair``) whole, as ``canonical_text`` writes it, and tie each token to its word.
+
+    For a pair, ``mask_side`` says which side's words are maskable ("second", the hypothesis, as in the paper;
+    "first"; or "both"); tokens of the other side are always kept. Nothing is truncated here: ``build_masked`` cuts
+    each masked copy to ``max_len``.
+    """
+    texts = [canonical_text(t) for t in checked_texts(text, text_pair)]
     text, text_pair = texts[0], (texts[1] if text_pair is not None else None)
     if mask_side not in ("first", "second", "both"):
         raise ValueError(f"mask_side must be first, second or both, got {mask_side!r}")
