@@ -141,12 +141,7 @@ def common_scorer(sc, key, n: int = 100, ensemble: str = "vote", per_call: bool 
                     memo[name] = np.asarray(logits, np.float64)
         out = []
         for _, _, weights, names in plans:
-            logits = np.stack([memo[name] for name in names])
-            w = weights[:, None]
-            counts = np.rint(np.bincount(np.argmax(logits, axis=-1), weights=weights, minlength=sc.num_labels))
-            v = Votes(counts.astype(np.int64), (logits * w).sum(0), (ensembles.softmax(logits) * w).sum(0),
-                      (ensembles.unit_rows(logits) * w).sum(0))
-            out.append(v.scores(ensemble))
+            out.append(Votes.from_logits(np.stack([memo[name] for name in names]), weights).scores(ensemble))
         return np.array(out, np.float64)
 
     return score

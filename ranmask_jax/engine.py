@@ -40,6 +40,16 @@ class Votes:
                    None if rows is None else np.zeros(rows, np.int64), copies,
                    None if rows is None else np.zeros((rows, num_labels), np.float32))
 
+    @classmethod
+    def from_logits(cls, logits: np.ndarray, weights: np.ndarray, probs: np.ndarray | None = None) -> Votes:
+        """The weighted sums of copies whose raw logits (``[m, C]``) are known on the host (``probs``: their
+        probabilities when given, else the softmax); ``copies`` is left 0."""
+        logits = np.asarray(logits, np.float64)
+        w = np.asarray(weights, np.float64)[:, None]
+        probs = ensembles.softmax(logits) if probs is None else probs
+        counts = np.rint((np.eye(logits.shape[-1])[np.argmax(logits, axis=-1)] * w).sum(0)).astype(np.int64)
+        return cls(counts, (logits * w).sum(0), (probs * w).sum(0), (ensembles.unit_rows(logits) * w).sum(0))
+
     def add(self, other: Votes) -> None:
         """Add ``other``'s sums and copies (row labels are the caller's)."""
         self.counts, self.logit_sum = self.counts + other.counts, self.logit_sum + other.logit_sum

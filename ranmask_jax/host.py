@@ -212,14 +212,9 @@ class HostEngine(CopyEngine):
             for i, idx, _ in pending:
                 lg, pr = logits[s:s + len(idx)], probs[s:s + len(idx)]
                 s += len(idx)
-                w = np.asarray(requests[i][2], np.float64)[idx][:, None]
-                label = np.argmax(lg, axis=-1)
-                v = out[i]
-                v.counts = v.counts + (np.eye(self.num_labels)[label] * w).sum(0)
-                v.logit_sum, v.prob_sum = v.logit_sum + (lg * w).sum(0), v.prob_sum + (pr * w).sum(0)
-                v.unit_sum = v.unit_sum + (ensembles.unit_rows(lg) * w).sum(0)
+                out[i].add(Votes.from_logits(lg, np.asarray(requests[i][2], np.float64)[idx], pr))
                 if row_labels:
-                    v.row_labels[idx], v.row_logits[idx] = label, lg
+                    out[i].row_labels[idx], out[i].row_logits[idx] = np.argmax(lg, axis=-1), lg
             pending.clear()
 
         filled = 0
