@@ -5,6 +5,10 @@ written); OUT/summary.json has per oracle the success rate, mean queries, forwar
 example, the ratios against the first oracle, and each oracle's agreement with the first on the same texts (exact
 McNemar test of the successes, docs/BENCHMARKS.md).
 
+The oracle ``textattack`` is the peer: TextAttack 0.3.11's DeepWordBug on the same texts against the same smoothed
+classifier in PyTorch, run by ``textattack_peer.py`` in the environment ``--peer-python`` names (its docstring says
+how to make it); the peer's rows take their turn in the rotation like the others.
+
     python benchmarks/attack_oracles.py --run-dir runs/agnews-rho0.9 --dataset ag_news --recipe deepwordbug \\
         --oracles fresh,cache,common --texts 50 --out docs/runs/agnews-rho0.9/bench-oracles-deepwordbug
 """
@@ -29,6 +33,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--oracles", default="fresh,cache,common")
     p.add_argument("--num-examples", type=int, default=100, help="the selection the attack cells draw (seed 0)")
+    p.add_argument("--fallback", default="random", help="the greedy search's, for every oracle of this project")
+    p.add_argument("--peer-python", default=None, help="the python of the TextAttack environment (oracle textattack)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
@@ -43,9 +49,10 @@ def main() -> None:
     oracles = args.oracles.split(",")
     cfgs = {o: AttackConfig(run_dir=args.run_dir, dataset=args.dataset, data_dir=args.data_dir, split="test",
                             recipe=args.recipe, attack_mlm=args.attack_mlm, ensemble=args.ensemble, n=args.n,
-                            oracle=o, num_examples=args.num_examples, limit=args.texts, out=args.out)
-            for o in oracles}
-    first = cfgs[oracles[0]]
+                            oracle=o, num_examples=args.num_examples, limit=args.texts, out=args.out,
+                            fallback=args.fallback)
+            for o in oracles if o != "textattack"}
+    first = next(iter(cfgs.values()))
     sc, settings = smoothed_from_run(first)
     ds = load_for_run(first, settings, sc.num_labels)
     indices = limit_indices(select_indices(len(ds), args.num_examples, first.seed), args.texts, first.seed)
@@ -55,6 +62,7 @@ def main() -> None:
         kw = {"mlm": (model, tok), "max_len": min(256, model.cfg.max_positions), "subwords": first.mlm_subwords}
     recipe = RECIPES[args.recipe](unk_token=sc.tokenizer.unk_token, **kw)
     made = {o: scorers(sc, c) for o, c in cfgs.items()}
+    peer = start_peer(args, first, sc) if "textattack" in oracles else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     where = machine()
@@ -66,9 +74,12 @@ def main() -> None:
             for o in oracles[j % len(oracles):] + oracles[:j % len(oracles)]:  # rotated: no oracle always first
                 if f"{i}:{o}" in done:
                     continue
-                make, recheck, judge = made[o]
-                row = attack_example(sc, recipe, cfgs[o], i, ex.text, ex.label, make(i), recheck,
-                                     judge(i) if judge else None)
+                if o == "textattack":
+                    row = peer(i, ex.text, ex.label)
+                else:
+                    make, recheck, judge = made[o]
+                    row = attack_example(sc, recipe, cfgs[o], i, ex.text, ex.label, make(i), recheck,
+                                         judge(i) if judge else None)
                 rows.append({"cell": f"{i}:{o}", "oracle": o, **row, "machine": where, "date": time.strftime(
                     "%Y-%m-%d")})
                 print(f"{j + 1}/{len(indices)} example {i} {o}: {row['status']}, {row['queries']} queries, "
@@ -80,6 +91,34 @@ def main() -> None:
                        first).items() if k not in ("oracle", "out")}, jax=jax.__version__)
     write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary["oracles"], indent=2))
+
+
+def start_peer(args, cfg, sc):
+    """The TextAttack peer (``textattack_peer.py``) as a function ``(index, text, label) -> row``."""
+    import subprocess
+    import sys
+
+    from ranmask_jax.models.pretrained import resolve
+
+    if args.recipe != "deepwordbug" or args.ensemble != "vote":
+        raise SystemExit("the textattack peer runs DeepWordBug against the vote ensemble only")
+    if not args.peer_python:
+        raise SystemExit("oracle textattack needs --peer-python (the python of a TextAttack 0.3.11 environment)")
+    cmd = [args.peer_python, str(Path(__file__).with_name("textattack_peer.py")), "--model-dir",
+           str(resolve(cfg.run_dir)[0]), "--rho", str(sc.keep_sets.rho), "--n", str(args.n), "--max-len",
+           str(sc.max_len), "--seed", str(cfg.seed)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, stderr=sys.stderr)
+    ready = json.loads(proc.stdout.readline() or "{}")
+    if not ready.get("ready"):
+        raise SystemExit(f"the textattack peer did not start ({' '.join(cmd)})")
+    print(f"peer: {ready}", flush=True)
+
+    def attack(i: int, text: str, label: int) -> dict:
+        proc.stdin.write(json.dumps({"index": i, "text": " ".join(text.split()), "label": label}) + "\n")
+        proc.stdin.flush()
+        return {**json.loads(proc.stdout.readline()), "peer": ready}
+
+    return attack
 
 
 def summarize(rows: list[dict], oracles: list[str]) -> dict:
