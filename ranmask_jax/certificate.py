@@ -169,6 +169,8 @@ class Certificate:
     counts0: tuple[int, ...] | None = None  # votes of the selection copies (sampled mode)
     skipped_estimation: bool = False  # the selection copies already picked a wrong class: no estimation copies ran
     copies: int = 0  # distinct masked copies classified for this text (selection and estimation)
+    plan: str = "fixed"  # fixed (n0 + n copies) or sequential (ranmask_jax.sequential: blocks until settled)
+    keep_sets: int | None = None  # sequential exact mode: C(h, k), of which ``n`` were enumerated
 
 
 def certificate_from_counts(label: int | None, counts0: np.ndarray, counts: np.ndarray | None, h: int, k: int,

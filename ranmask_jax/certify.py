@@ -5,7 +5,8 @@ n, p_lower, beta, beta_mode, h, k, radius (largest certified d under ``--beta``,
 rigorous), radius_pc (beta = p_c, the paper's), radius_mc (with ``--beta mc``), radius_original (the original code's
 convention, radius + 1 when correct), skipped_estimation (the selection copies chose a wrong class, so the n
 estimation copies were not run), mode (sampled / exact), copies (distinct masked copies classified for the text:
-selection and estimation, each classified once however often it was drawn), seconds (the text's share of the time
+selection and estimation, each classified once however often it was drawn), plan (fixed / sequential), keep_sets
+(sequential exact mode: C(h, k), of which n were enumerated), seconds (the text's share of the time
 of its group of ``--texts-per-call`` texts, certified together), text. Rows are written after each group; a rerun
 with the same config skips the rows already written, so an interruption loses at most one group. ``summary.json``
 / ``table.md`` / ``certified-accuracy.png`` and ``.pdf`` are recomputed from the rows.
@@ -129,7 +130,8 @@ def _scorer(cfg: CertifyConfig, sc: SmoothedClassifier, ds):
     its own key ``fold_in(seed, index)``, so a text's row does not depend on which others share its device step."""
     root = jax.random.key(cfg.seed)
     # exact mode when enumerating costs no more copies than sampling would: n (certify) or n0 (accuracy only)
-    thr = (cfg.n0 if cfg.accuracy_only else cfg.n) if cfg.exact_threshold is None else cfg.exact_threshold
+    budget = cfg.n0 if cfg.accuracy_only else cfg.n_max if cfg.plan == "sequential" else cfg.n
+    thr = budget if cfg.exact_threshold is None else cfg.exact_threshold
 
     def score(group: list[int]) -> list[dict]:
         exs = [ds.examples[i] for i in group]
@@ -140,8 +142,13 @@ def _scorer(cfg: CertifyConfig, sc: SmoothedClassifier, ds):
             return [{"index": i, "label": ex.label, "prediction": p.label, "correct": p.label == ex.label,
                      "counts": list(p.counts), "n": p.n, "h": p.h, "k": p.k}
                     for i, ex, p in zip(group, exs, preds, strict=True)]
-        certs = sc.certify_many(keys, [e.text for e in exs], [e.label for e in exs], [e.text_pair for e in exs],
-                                n0=cfg.n0, n=cfg.n, alpha=cfg.alpha, beta=cfg.beta, exact_threshold=thr, n_r=cfg.n_r)
+        texts, labels, pairs = [e.text for e in exs], [e.label for e in exs], [e.text_pair for e in exs]
+        if cfg.plan == "sequential":
+            certs = sc.certify_sequential_many(keys, texts, labels, pairs, n0=cfg.n0, n_max=cfg.n_max,
+                                               alpha=cfg.alpha, beta=cfg.beta, exact_threshold=thr)
+        else:
+            certs = sc.certify_many(keys, texts, labels, pairs, n0=cfg.n0, n=cfg.n, alpha=cfg.alpha, beta=cfg.beta,
+                                    exact_threshold=thr, n_r=cfg.n_r)
         new = []
         for i, ex, cert in zip(group, exs, certs, strict=True):
             row = {"index": i, **dataclasses.asdict(cert), "n0": cfg.n0,
@@ -179,7 +186,9 @@ def write_summary(out: Path, rows: list[dict], cfg: CertifyConfig, settings: dic
                    rho=settings["rho"], min_keep=settings["min_keep"], max_len=settings["max_len"],
                    purifier=settings["purifier"])
     write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    title = f"{name}, rho = {settings['rho']}, n0 = {cfg.n0}, n = {cfg.n}, alpha = {cfg.alpha}"
+    copies = (f"sequential plan: n0 <= {cfg.n0}, n <= {cfg.n_max}, {summary['copies_total'] / len(rows):.0f} copies "
+              "a text" if cfg.plan == "sequential" else f"n0 = {cfg.n0}, n = {cfg.n}")
+    title = f"{name}, rho = {settings['rho']}, {copies}, alpha = {cfg.alpha}"
     write_text(out / "table.md", metrics.markdown_table(summary, title))
     curves = {f"rho = {settings['rho']}, {metrics.BETA_NAMES[b]}": s for b, s in summary["by_beta"].items()}
     metrics.plot_certified_accuracy(curves, out / "certified-accuracy", title=name, n=len(rows))

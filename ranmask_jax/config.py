@@ -203,8 +203,12 @@ class CertifyConfig(SmoothedRunConfig):
     alpha: float = opt(0.05, "1 - confidence level of the Clopper-Pearson bound")
     beta: str = opt("pc", "pc (paper, an estimate), one (rigorous), mc (Monte Carlo estimate)")
     n_r: int = opt(200, "perturbation sets per d for --beta mc")
-    exact_threshold: int | None = opt(None, "enumerate all keep sets when C(h, k) <= this (default: n, or n0 with "
-                                            "--accuracy-only; 0: never)")
+    plan: str = opt("fixed", "fixed (n0 selection + n estimation copies for every text: the paper's) or sequential "
+                             "(copies in blocks until more cannot change the answer or raise the radius, at most n0 + "
+                             "n_max, with a bound valid at any stopping point; docs/CERTIFICATE.md)")
+    n_max: int = opt(1600, "--plan sequential: estimation copies at most (--n is the fixed plan's)")
+    exact_threshold: int | None = opt(None, "enumerate all keep sets when C(h, k) <= this (default: n, or n_max "
+                                            "with --plan sequential, or n0 with --accuracy-only; 0: never)")
     texts_per_call: int = opt(16, "texts certified together (their copies share device steps); rows are written "
                                   "after each group, so an interruption loses at most one group")
     accuracy_only: bool = opt(False, "only g's answer from n0 copies per text (accuracy of g), no certificate")
@@ -226,6 +230,13 @@ class CertifyConfig(SmoothedRunConfig):
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
         if self.beta not in ("pc", "one", "mc"):
             raise ValueError(f"beta must be pc, one or mc, got {self.beta!r}")
+        if self.plan not in ("fixed", "sequential"):
+            raise ValueError(f"plan must be fixed or sequential, got {self.plan!r}")
+        if self.n_max < 1:
+            raise ValueError(f"n_max must be >= 1, got {self.n_max}")
+        if self.plan == "sequential" and self.beta == "mc":
+            raise ValueError("--beta mc needs the fixed plan's copies (Monte Carlo beta reads them); the sequential "
+                             "plan reports beta = 1 and beta = p_c")
         if self.num_examples is not None and self.num_examples < 1:
             raise ValueError("num_examples must be >= 1")
         for name in ("n_r", "texts_per_call"):

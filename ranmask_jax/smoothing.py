@@ -286,6 +286,140 @@ class SmoothedClassifier(CopyEngine):
             out.append(dataclasses.replace(cert, copies=v0[i].copies + (0 if exact[i] else votes.copies)))
         return out
 
+    def certify_sequential_many(self, keys, texts: list[str], labels: list[int | None],
+                                pairs: list[str | None] | None = None, *, n0: int = 100, n_max: int = 1600,
+                                alpha: float = 0.05, beta: str = "one", exact_threshold: int | None = None,
+                                first_block: int = 32) -> list[Certificate]:
+        """CERTIFY with the sequential plan (``ranmask_jax.sequential``): every text draws its copies in blocks and
+        stops as soon as more cannot change its answer or raise its radius. Selection: blocks of at most ``n0``
+        copies in all (16, 32, 64, then ``n0``) until a binomial test separates the top two classes at level
+        ``alpha``; estimation: up to ``n_max`` copies in doubling blocks from ``first_block``, the bound the
+        running maximum of an anytime-valid one (beta-binomial mixture at alpha / 2, and Clopper-Pearson at
+        alpha / 2 once all ``n_max`` are in), so it holds with probability >= 1 - alpha whenever the text stops.
+        Texts with C(h, k) <= ``exact_threshold`` (default ``n_max``) enumerate their keep sets in a random order
+        and stop once the rest cannot change the answer or the radii (the exact result, with probability 1).
+        Every text of the call is in flight at once: each round classifies the next block of every unfinished text
+        in one call of the engine. Both radii are computed (``radius_one``, ``radius_pc`` with beta = the vote
+        share at the stop); ``radius`` is the one ``beta`` ("one" or "pc") names. ``key`` as ``certify``:
+        selection blocks from ``fold_in(fold_in(key, 0), j)``, estimation blocks from ``fold_in(fold_in(key, 1),
+        j)``, the enumeration order from ``fold_in(key, 2)``."""
+        import jax
+
+        from ranmask_jax import sequential as sq
+
+        if beta not in ("one", "pc"):
+            raise ValueError(f"beta must be 'one' or 'pc' in the sequential plan, got {beta!r} (Monte Carlo beta "
+                             "reads the fixed plan's copies)")
+        why = why_uncertifiable(self.keep_sets, self.transform)
+        if why is not None:
+            raise ValueError(f"no certificate: {why}, and Theorem 1 assumes uniform keep sets and a deterministic "
+                             "base classifier; use predict for empirical robustness")
+        _check_call(keys, texts, pairs, n0=n0, n_max=n_max, first_block=first_block,
+                    exact_threshold=exact_threshold, labels=labels)
+        if not 0 < alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        for label in labels:
+            if label is not None and (isinstance(label, bool) or not isinstance(label, int | np.integer)
+                                      or not 0 <= label < self.num_labels):
+                raise ValueError(f"label {label!r} out of range for {self.num_labels} classes")
+        pairs = pairs or [None] * len(texts)
+        thr = n_max if exact_threshold is None else exact_threshold
+        sel_plan = [t for t in (16, 32, 64) if t < n0] + [n0]
+        est_plan = sq.schedule(n_max, min(first_block, n_max))
+        states = []
+        for key, text, pair, label in zip(keys, texts, pairs, labels, strict=True):
+            enc = self.encode(text, pair)
+            st = {"key": key, "enc": enc, "label": label, "h": enc.h, "k": self.keep_count(enc.h), "copies": 0,
+                  "votes0": Votes.empty(self.num_labels), "votes": Votes.empty(self.num_labels), "block": 0,
+                  "done": False}
+            if self.exact_mode(enc, thr):
+                keep = self.enumerate_keep_sets(enc)
+                order = jax.random.permutation(jax.random.fold_in(key, 2), len(keep))
+                st.update(phase="exact", keep=keep[np.asarray(order)], plan=sq.schedule(len(keep), first_block))
+            else:
+                st.update(phase="select", bound=sq.SequentialBound(alpha, n_max))
+            states.append(st)
+
+        def request(st):
+            if st["phase"] == "exact":
+                lo = st["plan"][st["block"] - 1] if st["block"] else 0
+                rows = st["keep"][lo:st["plan"][st["block"]]]
+                return st["enc"], rows, np.ones(len(rows))
+            plan, stream = (sel_plan, 0) if st["phase"] == "select" else (est_plan, 1)
+            size = plan[st["block"]] - (plan[st["block"] - 1] if st["block"] else 0)
+            key = jax.random.fold_in(jax.random.fold_in(st["key"], stream), st["block"])
+            return (st["enc"], *self.distinct_keep_sets(key, st["enc"], size, False))
+
+        def advance(st, got: Votes) -> None:
+            st["copies"] += got.copies
+            if st["phase"] == "exact":
+                st["votes"].add(got)
+                seen, total = st["plan"][st["block"]], len(st["keep"])
+                st["block"] += 1
+                label = st["label"] if st["label"] is not None else int(np.argmax(st["votes"].counts))
+                st["done"] = seen == total or sq.exact_settled(st["votes"].counts, seen, total, label, st["h"],
+                                                                st["k"])
+            elif st["phase"] == "select":
+                st["votes0"].add(got)
+                st["block"] += 1
+                if st["block"] == len(sel_plan) or sq.selection_done(st["votes0"].counts, alpha):
+                    c = int(np.argmax(st["votes0"].counts))
+                    st.update(phase="estimate", block=0, c=c)
+                    st["done"] = st["label"] is not None and c != st["label"]  # wrong: no estimation copies
+            else:
+                st["votes"].add(got)
+                t = est_plan[st["block"]]
+                s = int(st["votes"].counts[st["c"]])
+                st["bound"].update(s, t)
+                st["block"] += 1
+                st["done"] = sq.stop(st["bound"], s, t, st["h"], st["k"])
+
+        while True:
+            active = [st for st in states if not st["done"]]
+            if not active:
+                break
+            for st, got in zip(active, self.votes([request(st) for st in active]), strict=True):
+                advance(st, got)
+        return [self._sequential_certificate(st, beta) for st in states]
+
+    def _sequential_certificate(self, st: dict, beta: str) -> Certificate:
+        cert = self._sequential_result(st)
+        if beta == "pc":
+            rate = 0.0 if not cert.n else (cert.counts[cert.prediction] / cert.n if cert.mode == "sampled"
+                                            else cert.p_lower)
+            cert = dataclasses.replace(cert, radius=cert.radius_pc, beta_mode="pc", beta=float(rate))
+        return cert
+
+    def _sequential_result(self, st: dict) -> Certificate:
+        from ranmask_jax import sequential as sq
+
+        h, k, label = st["h"], st["k"], st["label"]
+        if st["phase"] == "exact":
+            counts = st["votes"].counts
+            pred = int(np.argmax(counts))
+            total = len(st["keep"])
+            label = pred if label is None else label
+            lo, _ = sq.exact_range(counts, st["plan"][st["block"] - 1], total, pred, h, k)
+            r_one, r_pc = lo if pred == label else (-1, -1)
+            seen = st["plan"][st["block"] - 1]
+            p = counts[pred] / total  # the exact p_c when enumeration ran to the end; else its certain lower end
+            return Certificate(label=label, prediction=pred, correct=pred == label,
+                               counts=tuple(int(c) for c in counts), n=seen, p_lower=float(p), beta=1.0, h=h, k=k,
+                               radius=r_one, mode="exact", beta_mode="one", radius_one=r_one, radius_pc=r_pc,
+                               copies=st["copies"], plan="sequential", keep_sets=total)
+        counts0, votes = st["votes0"].counts, st["votes"]
+        pred = int(np.argmax(counts0))
+        label = pred if label is None else label
+        n = votes.n
+        s = int(votes.counts[pred]) if n else 0
+        bound = st["bound"].bound if n else 0.0
+        r_one, r_pc = sq.radii(bound, s / n if n else 0.0, h, k, pred == label)
+        return Certificate(label=label, prediction=pred, correct=pred == label,
+                           counts=tuple(int(c) for c in votes.counts), n=n, p_lower=float(bound), beta=1.0, h=h,
+                           k=k, radius=r_one, mode="sampled", beta_mode="one", radius_one=r_one, radius_pc=r_pc,
+                           counts0=tuple(int(c) for c in counts0), skipped_estimation=n == 0, copies=st["copies"],
+                           plan="sequential")
+
     def _stream(self, keys, encs: list[EncodedText], n: int, row_labels: bool):
         """The votes of ``n`` sampled copies of each text (from ``keys[i]``), streamed: in passes of at most
         STREAM_CHUNK copies per text (pass c draws from ``fold_in(key, c)`` when there is more than one pass; one pass

@@ -123,6 +123,27 @@ def test_accuracy_only(trained_run, tiny_setup, tmp_path):  # noqa: F811
     assert summary["accuracy"] == sum(r["correct"] for r in rows) / 6
 
 
+def test_sequential_plan_from_the_command_line(certified, trained_run, tiny_setup, tmp_path):  # noqa: F811
+    """--plan sequential: the same texts as the fixed plan, rows that say the plan and what each text cost (never
+    more than n0 + n_max copies), the summary with both betas; --beta mc is refused with it."""
+    fixed = {r["index"]: r for r in map(json.loads, (certified[0] / "certify.jsonl").read_text().splitlines())}
+    out = tmp_path / "seq"
+    res = run_cli("certify.py", certify_args(trained_run, tiny_setup, out, "--plan", "sequential", "--n-max", "200"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [json.loads(x) for x in (out / "certify.jsonl").read_text().splitlines()]
+    assert {r["index"] for r in rows} == set(fixed)
+    for r in rows:
+        assert r["plan"] == "sequential" and r["beta_mode"] == "pc" and r["radius"] == r["radius_pc"]
+        assert 0 < r["copies"] <= 10 + 200 and r["n"] == sum(r["counts"])
+        if r["mode"] == "sampled":
+            assert fixed[r["index"]]["plan"] == "fixed" and r["p_lower"] <= 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["by_beta"]) == {"one", "pc"} and summary["copies_total"] == sum(r["copies"] for r in rows)
+    bad = run_cli("certify.py", certify_args(trained_run, tiny_setup, tmp_path / "mc", "--plan", "sequential",
+                                             "--beta", "mc"))
+    assert bad.returncode == 2 and "--beta mc needs the fixed plan" in bad.stderr
+
+
 def test_predict_long_and_zero_token_lines(trained_run):  # noqa: F811
     long_line = " ".join(["good"] + ["film"] * 299)
     for max_len in ([], ["--max-len", "16"]):
