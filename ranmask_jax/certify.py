@@ -130,8 +130,9 @@ def _scorer(cfg: CertifyConfig, sc: SmoothedClassifier, ds):
     its own key ``fold_in(seed, index)``, so a text's row does not depend on which others share its device step."""
     root = jax.random.key(cfg.seed)
     # exact mode when enumerating costs no more copies than sampling would: n (certify) or n0 (accuracy only)
-    budget = cfg.n0 if cfg.accuracy_only else cfg.n_max if cfg.plan == "sequential" else cfg.n
-    thr = budget if cfg.exact_threshold is None else cfg.exact_threshold
+    thr = (cfg.n0 if cfg.accuracy_only else cfg.n) if cfg.exact_threshold is None else cfg.exact_threshold
+    if cfg.plan == "sequential" and not cfg.accuracy_only and cfg.exact_threshold is None:
+        thr = None  # the sequential plan's own default (ranmask_jax.smoothing: enumeration only where it is cheap)
 
     def score(group: list[int]) -> list[dict]:
         exs = [ds.examples[i] for i in group]
@@ -216,7 +217,11 @@ def predict_texts(cfg: CertifyConfig) -> list[dict]:
         text, pair = parts[0], (parts[1] if len(parts) == 2 else None)
         key = jax.random.fold_in(root, lineno)
         try:
-            if cfg.radius:  # label, votes and radius from one certificate
+            if cfg.radius and cfg.plan == "sequential":
+                cert = sc.certify_sequential_many([key], [text], [None], [pair], n0=cfg.n0, n_max=cfg.n_max,
+                                                  alpha=cfg.alpha, beta=cfg.beta,
+                                                  exact_threshold=cfg.exact_threshold)[0]
+            elif cfg.radius:  # label, votes and radius from one certificate
                 cert = sc.certify(key, text, None, pair, n0=cfg.n0, n=cfg.n, alpha=cfg.alpha, beta=cfg.beta,
                                   exact_threshold=thr, n_r=cfg.n_r)
             else:

@@ -207,8 +207,8 @@ class CertifyConfig(SmoothedRunConfig):
                              "(copies in blocks until more cannot change the answer or raise the radius, at most n0 + "
                              "n_max, with a bound valid at any stopping point; docs/CERTIFICATE.md)")
     n_max: int = opt(1600, "--plan sequential: estimation copies at most (--n is the fixed plan's)")
-    exact_threshold: int | None = opt(None, "enumerate all keep sets when C(h, k) <= this (default: n, or n_max "
-                                            "with --plan sequential, or n0 with --accuracy-only; 0: never)")
+    exact_threshold: int | None = opt(None, "enumerate all keep sets when C(h, k) <= this (default: n, or 48 with "
+                                            "--plan sequential, or n0 with --accuracy-only; 0: never)")
     texts_per_call: int = opt(16, "texts certified together (their copies share device steps); rows are written "
                                   "after each group, so an interruption loses at most one group")
     accuracy_only: bool = opt(False, "only g's answer from n0 copies per text (accuracy of g), no certificate")

@@ -160,7 +160,7 @@ def selection_done(counts: np.ndarray, alpha: float) -> bool:
     return n_a + n_b > 0 and float(stats.binomtest(n_a, n_a + n_b, 0.5).pvalue) <= alpha
 
 
-def schedule(n_max: int, first: int = 32) -> list[int]:
+def schedule(n_max: int, first: int = 16) -> list[int]:
     """Cumulative estimation copies after each block: doubling from ``first``, then ``n_max``."""
     out, t = [], first
     while t < n_max:

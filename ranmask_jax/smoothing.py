@@ -289,15 +289,17 @@ class SmoothedClassifier(CopyEngine):
     def certify_sequential_many(self, keys, texts: list[str], labels: list[int | None],
                                 pairs: list[str | None] | None = None, *, n0: int = 100, n_max: int = 1600,
                                 alpha: float = 0.05, beta: str = "one", exact_threshold: int | None = None,
-                                first_block: int = 32) -> list[Certificate]:
+                                first_block: int = 16) -> list[Certificate]:
         """CERTIFY with the sequential plan (``ranmask_jax.sequential``): every text draws its copies in blocks and
         stops as soon as more cannot change its answer or raise its radius. Selection: blocks of at most ``n0``
-        copies in all (16, 32, 64, then ``n0``) until a binomial test separates the top two classes at level
+        copies in all (8, 16, 32, 64, then ``n0``) until a binomial test separates the top two classes at level
         ``alpha``; estimation: up to ``n_max`` copies in doubling blocks from ``first_block``, the bound the
         running maximum of an anytime-valid one (beta-binomial mixture at alpha / 2, and Clopper-Pearson at
         alpha / 2 once all ``n_max`` are in), so it holds with probability >= 1 - alpha whenever the text stops.
-        Texts with C(h, k) <= ``exact_threshold`` (default ``n_max``) enumerate their keep sets in a random order
-        and stop once the rest cannot change the answer or the radii (the exact result, with probability 1).
+        Texts with C(h, k) <= ``exact_threshold`` enumerate their keep sets in a random order and stop once the
+        rest cannot change the answer or the radii (the exact result, with probability 1); knowing p_A > 1/2 for
+        certain takes more than C(h, k) / 2 keep sets, while a clear text sampled stops after 8 + ``first_block``
+        copies, so the default is ``3 * first_block``.
         Every text of the call is in flight at once: each round classifies the next block of every unfinished text
         in one call of the engine. Both radii are computed (``radius_one``, ``radius_pc`` with beta = the vote
         share at the stop); ``radius`` is the one ``beta`` ("one" or "pc") names. ``key`` as ``certify``:
@@ -323,8 +325,8 @@ class SmoothedClassifier(CopyEngine):
                                       or not 0 <= label < self.num_labels):
                 raise ValueError(f"label {label!r} out of range for {self.num_labels} classes")
         pairs = pairs or [None] * len(texts)
-        thr = n_max if exact_threshold is None else exact_threshold
-        sel_plan = [t for t in (16, 32, 64) if t < n0] + [n0]
+        thr = 3 * first_block if exact_threshold is None else exact_threshold
+        sel_plan = [t for t in (8, 16, 32, 64) if t < n0] + [n0]
         est_plan = sq.schedule(n_max, min(first_block, n_max))
         states = []
         for key, text, pair, label in zip(keys, texts, pairs, labels, strict=True):

@@ -163,8 +163,8 @@ def test_selection_stops_on_a_clear_majority_only():
     assert sq.selection_done(np.array([16, 0]), 0.05)
     assert not sq.selection_done(np.array([9, 7]), 0.05)
     assert not sq.selection_done(np.array([0, 0]), 0.05)
-    assert sq.schedule(1600) == [32, 64, 128, 256, 512, 1024, 1600]
-    assert sq.schedule(20) == [20]
+    assert sq.schedule(1600) == [16, 32, 64, 128, 256, 512, 1024, 1600]
+    assert sq.schedule(20) == [16, 20] and sq.schedule(10) == [10]
 
 
 # -- whole certificates ------------------------------------------------------------------------------------------------
@@ -199,13 +199,16 @@ def test_sequential_exact_mode_gives_the_full_enumerations_certificate(bow):
         assert full.mode == "exact"
         for label in range(2):
             seq = bow.certify_sequential_many([jax.random.key(10 + i)], [text], [label], n_max=5000,
-                                              first_block=4)[0]
+                                              exact_threshold=5000, first_block=4)[0]
             want = bow.certify(jax.random.key(i), text, label, n=5000, beta="one")
             assert (seq.mode, seq.prediction, seq.radius_one, seq.radius_pc) == \
                 (want.mode, want.prediction, want.radius_one, want.radius_pc), (text, label)
             assert seq.copies <= want.copies
             cheaper += seq.copies < want.copies
     assert cheaper > 0, "no text settled early (else the check is weak)"
+    # by default only texts with at most 3 * first_block keep sets are enumerated (C(8, 4) = 70 is sampled)
+    modes = [c.mode for c in bow.certify_sequential_many([jax.random.key(0)] * 2, [TEXTS[0], TEXTS[3]], [0, 0])]
+    assert modes == ["sampled", "exact"]
 
 
 def trigger_classifier(tokenizer, rho: float):
@@ -261,3 +264,43 @@ def test_sequential_plan_checks_its_arguments(bow):
         bow.certify_sequential_many([jax.random.key(0)], ["a b c"], [0], n_max=0)
     with pytest.raises(ValueError, match="label 5 out of range"):
         bow.certify_sequential_many([jax.random.key(0)], ["a b c"], [5])
+
+
+def test_audit_counts_successes_within_the_certified_radius(tmp_path):
+    """experiments/audit_certificates.py on a constructed case: a success that changed no more words than the radius
+    counts (and is confirmed only when the fresh recheck agrees), one beyond it, a failure, a misclassified or
+    uncertified text and a text never certified do not; a cell on other weights is skipped."""
+    import json
+    import runpy
+
+    from tests.test_train import ROOT
+
+    cert = tmp_path / "cert"
+    cert.mkdir()
+    crow = lambda i, correct, r: {"index": i, "correct": correct, "radius_one": r, "p_lower": 0.9}  # noqa: E731
+    (cert / "certify.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        crow(1, True, 2), crow(2, True, 2), crow(3, True, 1), crow(4, False, -1), crow(5, True, -1),
+        crow(6, True, 3)]) + "\n")
+    (cert / "certify_config.json").write_text(json.dumps({"model_fingerprint": "aaa", "rho": None}))
+    arow = lambda i, status, w, recheck: {"index": i, "label": 0, "status": status, "words_changed": w,  # noqa: E731
+                                          "recheck_prediction": recheck}
+    cell = tmp_path / "attack-deepwordbug-vote"
+    cell.mkdir()
+    (cell / "attack.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        arow(1, "succeeded", 2, 1), arow(2, "succeeded", 1, 0), arow(3, "succeeded", 2, 1),
+        arow(4, "succeeded", 1, 1), arow(5, "succeeded", 1, 1), arow(6, "failed", 0, 0),
+        arow(7, "succeeded", 1, 1)]) + "\n")
+    (cell / "attack_config.json").write_text(json.dumps({"model_fingerprint": "aaa", "ensemble": "vote"}))
+    other = tmp_path / "attack-other"
+    other.mkdir()
+    (other / "attack.jsonl").write_text((cell / "attack.jsonl").read_text())
+    (other / "attack_config.json").write_text(json.dumps({"model_fingerprint": "bbb", "ensemble": "vote"}))
+    mod = runpy.run_path(str(ROOT / "experiments" / "audit_certificates.py"))
+    out = tmp_path / "audit.json"
+    assert mod["main"](["--certify", str(cert), str(cell), str(other), "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    got = res["cells"]["attack-deepwordbug-vote"]
+    assert (got["attacked_and_certified"], got["certified"], got["succeeded"]) == (6, 4, 3)
+    assert (got["within_radius"], got["confirmed"]) == (2, 1)
+    assert sorted(o["index"] for o in got["offending"]) == [1, 2]
+    assert list(res["cells"]) == ["attack-deepwordbug-vote"] and "other weights" in res["skipped"][0]
