@@ -240,17 +240,7 @@ class SmoothedClassifier(CopyEngine):
             raise ValueError(f"beta must be 'pc', 'one' or 'mc', got {beta!r}")
         if beta == "mc" and n_r < 1:
             raise ValueError(f"Monte Carlo beta needs n_r >= 1 perturbation sets, got {n_r}")
-        why = why_uncertifiable(self.keep_sets, self.transform)
-        if why is not None:
-            raise ValueError(f"no certificate: {why}, and Theorem 1 assumes uniform keep sets and a deterministic "
-                             "base classifier; use predict for empirical robustness")
-        _check_call(keys, texts, pairs, n=n, n0=n0, exact_threshold=exact_threshold, labels=labels)
-        if not 0 < alpha < 1:
-            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-        for label in labels:
-            if label is not None and (isinstance(label, bool) or not isinstance(label, int | np.integer)
-                                      or not 0 <= label < self.num_labels):
-                raise ValueError(f"label {label!r} out of range for {self.num_labels} classes")
+        self._check_certify_call(keys, texts, pairs, labels, alpha, exact_threshold, n=n, n0=n0)
         pairs = pairs or [None] * len(texts)
         encs = [self.encode(t, p) for t, p in zip(texts, pairs, strict=True)]
         thr = n if exact_threshold is None else exact_threshold
@@ -312,18 +302,8 @@ class SmoothedClassifier(CopyEngine):
         if beta not in ("one", "pc"):
             raise ValueError(f"beta must be 'one' or 'pc' in the sequential plan, got {beta!r} (Monte Carlo beta "
                              "reads the fixed plan's copies)")
-        why = why_uncertifiable(self.keep_sets, self.transform)
-        if why is not None:
-            raise ValueError(f"no certificate: {why}, and Theorem 1 assumes uniform keep sets and a deterministic "
-                             "base classifier; use predict for empirical robustness")
-        _check_call(keys, texts, pairs, n0=n0, n_max=n_max, first_block=first_block,
-                    exact_threshold=exact_threshold, labels=labels)
-        if not 0 < alpha < 1:
-            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-        for label in labels:
-            if label is not None and (isinstance(label, bool) or not isinstance(label, int | np.integer)
-                                      or not 0 <= label < self.num_labels):
-                raise ValueError(f"label {label!r} out of range for {self.num_labels} classes")
+        self._check_certify_call(keys, texts, pairs, labels, alpha, exact_threshold, n0=n0, n_max=n_max,
+                                 first_block=first_block)
         pairs = pairs or [None] * len(texts)
         thr = 3 * first_block if exact_threshold is None else exact_threshold
         sel_plan = [t for t in (8, 16, 32, 64) if t < n0] + [n0]
@@ -421,6 +401,21 @@ class SmoothedClassifier(CopyEngine):
                            k=k, radius=r_one, mode="sampled", beta_mode="one", radius_one=r_one, radius_pc=r_pc,
                            counts0=tuple(int(c) for c in counts0), skipped_estimation=n == 0, copies=st["copies"],
                            plan="sequential")
+
+    def _check_certify_call(self, keys, texts, pairs, labels, alpha: float, exact_threshold, **counts) -> None:
+        """What every certification checks first: a certifiable smoothed classifier, well-formed arguments, alpha in
+        (0, 1) and labels in range."""
+        why = why_uncertifiable(self.keep_sets, self.transform)
+        if why is not None:
+            raise ValueError(f"no certificate: {why}, and Theorem 1 assumes uniform keep sets and a deterministic "
+                             "base classifier; use predict for empirical robustness")
+        _check_call(keys, texts, pairs, exact_threshold=exact_threshold, labels=labels, **counts)
+        if not 0 < alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        for label in labels:
+            if label is not None and (isinstance(label, bool) or not isinstance(label, int | np.integer)
+                                      or not 0 <= label < self.num_labels):
+                raise ValueError(f"label {label!r} out of range for {self.num_labels} classes")
 
     def _stream(self, keys, encs: list[EncodedText], n: int, row_labels: bool):
         """The votes of ``n`` sampled copies of each text (from ``keys[i]``), streamed: in passes of at most
