@@ -95,6 +95,14 @@ def certify_dataset(cfg: CertifyConfig) -> dict:
         # this process's rows and all earlier ones, kept up to date below: the log line costs O(1) a text
         n_scored, n_correct = len(rows), sum(bool(r["correct"]) for r in rows)
         step = cfg.texts_per_call
+        if cfg.plan == "sequential" and not cfg.accuracy_only:  # rows as texts finish; the next ones take their place
+            for n, row in enumerate(_sequential_rows(cfg, sc, ds, todo), 1):
+                beat("%d/%d texts, accuracy of g so far %.1f%%, %.2f s a text", len(done) + n * world,
+                     len(indices), 100 * n_correct / max(n_scored, 1), (time.perf_counter() - t_start) / n)
+                rowfile.append(row)
+                n_scored, n_correct = n_scored + 1, n_correct + bool(row["correct"])
+                bar.update(1)
+            todo = []
         for j in range(0, len(todo), step):
             beat("%d/%d texts, accuracy of g so far %.1f%%, %.2f s a text", len(done) + j * world, len(indices),
                  100 * n_correct / max(n_scored, 1), (time.perf_counter() - t_start) / max(j, 1))
@@ -144,7 +152,7 @@ def _scorer(cfg: CertifyConfig, sc: SmoothedClassifier, ds):
                      "counts": list(p.counts), "n": p.n, "h": p.h, "k": p.k}
                     for i, ex, p in zip(group, exs, preds, strict=True)]
         texts, labels, pairs = [e.text for e in exs], [e.label for e in exs], [e.text_pair for e in exs]
-        if cfg.plan == "sequential":
+        if cfg.plan == "sequential":  # only to re-ask rows already written (resume checks); runs use the stream
             certs = sc.certify_sequential_many(keys, texts, labels, pairs, n0=cfg.n0, n_max=cfg.n_max,
                                                alpha=cfg.alpha, beta=cfg.beta, exact_threshold=thr)
         else:
@@ -160,6 +168,24 @@ def _scorer(cfg: CertifyConfig, sc: SmoothedClassifier, ds):
         return new
 
     return score
+
+
+def _sequential_rows(cfg: CertifyConfig, sc: SmoothedClassifier, ds, todo: list[int]):
+    """The rows of ``todo`` under the sequential plan, as each text finishes, ``--texts-per-call`` texts in flight;
+    keys as ``_scorer``'s, so a text's row does not depend on which others share its rounds."""
+    root = jax.random.key(cfg.seed)
+    exs = [ds.examples[i] for i in todo]
+    stream = sc.certify_sequential_stream([jax.random.fold_in(root, i) for i in todo], [e.text for e in exs],
+                                          [e.label for e in exs], [e.text_pair for e in exs],
+                                          in_flight=cfg.texts_per_call, n0=cfg.n0, n_max=cfg.n_max, alpha=cfg.alpha,
+                                          beta=cfg.beta, exact_threshold=cfg.exact_threshold)
+    for j, cert, seconds in stream:
+        row = {"index": todo[j], **dataclasses.asdict(cert), "n0": cfg.n0,
+               "radius_original": cert.radius + 1 if cert.correct else None, "text": exs[j].text,
+               "seconds": round(seconds, 4)}
+        if exs[j].text_pair is not None:
+            row["text_pair"] = exs[j].text_pair
+        yield row
 
 
 def _row_files(out: Path) -> list[Path]:

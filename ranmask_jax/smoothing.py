@@ -22,6 +22,8 @@ The certificate arithmetic is ``ranmask_jax.certificate``, whose docstring says 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import time
 
 import numpy as np
 
@@ -280,6 +282,19 @@ class SmoothedClassifier(CopyEngine):
                                 pairs: list[str | None] | None = None, *, n0: int = 100, n_max: int = 1600,
                                 alpha: float = 0.05, beta: str = "one", exact_threshold: int | None = None,
                                 first_block: int = 16) -> list[Certificate]:
+        """CERTIFY with the sequential plan, every text of the call in flight at once; the certificates in the
+        order of ``texts``. See ``certify_sequential_stream``."""
+        out: list[Certificate | None] = [None] * len(texts)
+        for i, cert, _ in self.certify_sequential_stream(keys, texts, labels, pairs, in_flight=max(len(texts), 1),
+                                                         n0=n0, n_max=n_max, alpha=alpha, beta=beta,
+                                                         exact_threshold=exact_threshold, first_block=first_block):
+            out[i] = cert
+        return out
+
+    def certify_sequential_stream(self, keys, texts: list[str], labels: list[int | None],
+                                  pairs: list[str | None] | None = None, *, in_flight: int = 64, n0: int = 100,
+                                  n_max: int = 1600, alpha: float = 0.05, beta: str = "one",
+                                  exact_threshold: int | None = None, first_block: int = 16):
         """CERTIFY with the sequential plan (``ranmask_jax.sequential``): every text draws its copies in blocks and
         stops as soon as more cannot change its answer or raise its radius. Selection: blocks of at most ``n0``
         copies in all (8, 16, 32, 64, then ``n0``) until a binomial test separates the top two classes at level
@@ -290,8 +305,10 @@ class SmoothedClassifier(CopyEngine):
         rest cannot change the answer or the radii (the exact result, with probability 1); knowing p_A > 1/2 for
         certain takes more than C(h, k) / 2 keep sets, while a clear text sampled stops after 8 + ``first_block``
         copies, so the default is ``3 * first_block``.
-        Every text of the call is in flight at once: each round classifies the next block of every unfinished text
-        in one call of the engine. Both radii are computed (``radius_one``, ``radius_pc`` with beta = the vote
+        Up to ``in_flight`` texts are certified at once: each round classifies the next block of every unfinished
+        text in one call of the engine, finished texts leave and the next ones enter. Yields ``(i, certificate,
+        seconds)`` as text i finishes (seconds: its share of the rounds it was in, each round's time divided
+        among the texts in it). Both radii are computed (``radius_one``, ``radius_pc`` with beta = the vote
         share at the stop); ``radius`` is the one ``beta`` ("one" or "pc") names. ``key`` as ``certify``:
         selection blocks from ``fold_in(fold_in(key, 0), j)``, estimation blocks from ``fold_in(fold_in(key, 1),
         j)``, the enumeration order from ``fold_in(key, 2)``."""
@@ -303,24 +320,25 @@ class SmoothedClassifier(CopyEngine):
             raise ValueError(f"beta must be 'one' or 'pc' in the sequential plan, got {beta!r} (Monte Carlo beta "
                              "reads the fixed plan's copies)")
         self._check_certify_call(keys, texts, pairs, labels, alpha, exact_threshold, n0=n0, n_max=n_max,
-                                 first_block=first_block)
+                                 first_block=first_block, in_flight=in_flight)
         pairs = pairs or [None] * len(texts)
         thr = 3 * first_block if exact_threshold is None else exact_threshold
         sel_plan = [t for t in (8, 16, 32, 64) if t < n0] + [n0]
         est_plan = sq.schedule(n_max, min(first_block, n_max))
-        states = []
-        for key, text, pair, label in zip(keys, texts, pairs, labels, strict=True):
-            enc = self.encode(text, pair)
-            st = {"key": key, "enc": enc, "label": label, "h": enc.h, "k": self.keep_count(enc.h), "copies": 0,
-                  "votes0": Votes.empty(self.num_labels), "votes": Votes.empty(self.num_labels), "block": 0,
-                  "done": False}
+        encs = [self.encode(t, p) for t, p in zip(texts, pairs, strict=True)]  # bad texts fail before any work
+
+        def start(i: int) -> dict:
+            key, enc = keys[i], encs[i]
+            st = {"i": i, "key": key, "enc": enc, "label": labels[i], "h": enc.h, "k": self.keep_count(enc.h),
+                  "copies": 0, "votes0": Votes.empty(self.num_labels), "votes": Votes.empty(self.num_labels),
+                  "block": 0, "done": False, "seconds": 0.0}
             if self.exact_mode(enc, thr):
                 keep = self.enumerate_keep_sets(enc)
                 order = jax.random.permutation(jax.random.fold_in(key, 2), len(keep))
                 st.update(phase="exact", keep=keep[np.asarray(order)], plan=sq.schedule(len(keep), first_block))
             else:
                 st.update(phase="select", bound=sq.SequentialBound(alpha, n_max))
-            states.append(st)
+            return st
 
         def request(st):
             if st["phase"] == "exact":
@@ -356,13 +374,21 @@ class SmoothedClassifier(CopyEngine):
                 st["block"] += 1
                 st["done"] = sq.stop(st["bound"], s, t, st["h"], st["k"])
 
+        waiting, active = iter(range(len(texts))), []
         while True:
-            active = [st for st in states if not st["done"]]
+            active += [start(i) for i in itertools.islice(waiting, in_flight - len(active))]
             if not active:
-                break
-            for st, got in zip(active, self.votes([request(st) for st in active]), strict=True):
-                advance(st, got)
-        return [self._sequential_certificate(st, beta) for st in states]
+                return
+            t0 = time.perf_counter()
+            got = self.votes([request(st) for st in active])
+            share = (time.perf_counter() - t0) / len(active)
+            for st, v in zip(active, got, strict=True):
+                st["seconds"] += share
+                advance(st, v)
+            for st in active:
+                if st["done"]:
+                    yield st["i"], self._sequential_certificate(st, beta), st["seconds"]
+            active = [st for st in active if not st["done"]]
 
     def _sequential_certificate(self, st: dict, beta: str) -> Certificate:
         cert = self._sequential_result(st)

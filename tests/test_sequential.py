@@ -257,6 +257,22 @@ def test_sequential_certificates_hold_against_exact_p_in_a_seeded_simulation(ber
     assert len({c.n for c in certs}) > 1, "every text ran the same number of copies (else the stop is untested)"
 
 
+def test_a_texts_certificate_does_not_depend_on_the_others_in_flight(bow):
+    """The stream (texts entering as others finish, here 1 or 3 at a time) gives every text the certificate the
+    list call (all at once) gives it, and yields each text once, with the seconds of the rounds it was in."""
+    import jax
+
+    texts = TEXTS + ["a very long and winding road that never ends and never starts again today"]
+    keys = [jax.random.key(50 + i) for i in range(len(texts))]
+    labels = [0, 1, None, 0, 1]
+    want = bow.certify_sequential_many(keys, texts, labels, n_max=300, beta="pc")
+    for in_flight in (1, 3):
+        got = list(bow.certify_sequential_stream(keys, texts, labels, in_flight=in_flight, n_max=300, beta="pc"))
+        assert sorted(i for i, _, _ in got) == list(range(len(texts)))
+        assert all(cert == want[i] and seconds > 0 for i, cert, seconds in got)
+    assert len({c.copies for c in want}) > 1
+
+
 def test_sequential_plan_checks_its_arguments(bow):
     import jax
 
