@@ -210,7 +210,8 @@ class CertifyConfig(SmoothedRunConfig):
     exact_threshold: int | None = opt(None, "enumerate all keep sets when C(h, k) <= this (default: n, or 48 with "
                                             "--plan sequential, or n0 with --accuracy-only; 0: never)")
     texts_per_call: int = opt(16, "texts certified together (their copies share device steps); rows are written "
-                                  "after each group, so an interruption loses at most one group")
+                                  "after each group, so an interruption loses at most one group (--plan "
+                                  "sequential: texts in flight, each row written as its text finishes)")
     accuracy_only: bool = opt(False, "only g's answer from n0 copies per text (accuracy of g), no certificate")
     predict: str | None = opt(None, "classify raw texts from this file ('-': stdin), one per line "
                                     "(pairs: premise<TAB>hypothesis), instead of certifying a dataset")
