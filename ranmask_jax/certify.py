@@ -158,16 +158,18 @@ def _scorer(cfg: CertifyConfig, sc: SmoothedClassifier, ds):
         else:
             certs = sc.certify_many(keys, texts, labels, pairs, n0=cfg.n0, n=cfg.n, alpha=cfg.alpha, beta=cfg.beta,
                                     exact_threshold=thr, n_r=cfg.n_r)
-        new = []
-        for i, ex, cert in zip(group, exs, certs, strict=True):
-            row = {"index": i, **dataclasses.asdict(cert), "n0": cfg.n0,
-                   "radius_original": cert.radius + 1 if cert.correct else None, "text": ex.text}
-            if ex.text_pair is not None:
-                row["text_pair"] = ex.text_pair
-            new.append(row)
-        return new
+        return [_certificate_row(i, ex, cert, cfg) for i, ex, cert in zip(group, exs, certs, strict=True)]
 
     return score
+
+
+def _certificate_row(i: int, ex, cert, cfg: CertifyConfig) -> dict:
+    """The row of example ``i`` (``ex``) certified as ``cert`` (less ``seconds``)."""
+    row = {"index": i, **dataclasses.asdict(cert), "n0": cfg.n0,
+           "radius_original": cert.radius + 1 if cert.correct else None, "text": ex.text}
+    if ex.text_pair is not None:
+        row["text_pair"] = ex.text_pair
+    return row
 
 
 def _sequential_rows(cfg: CertifyConfig, sc: SmoothedClassifier, ds, todo: list[int]):
@@ -180,12 +182,7 @@ def _sequential_rows(cfg: CertifyConfig, sc: SmoothedClassifier, ds, todo: list[
                                           in_flight=cfg.texts_per_call, n0=cfg.n0, n_max=cfg.n_max, alpha=cfg.alpha,
                                           beta=cfg.beta, exact_threshold=cfg.exact_threshold)
     for j, cert, seconds in stream:
-        row = {"index": todo[j], **dataclasses.asdict(cert), "n0": cfg.n0,
-               "radius_original": cert.radius + 1 if cert.correct else None, "text": exs[j].text,
-               "seconds": round(seconds, 4)}
-        if exs[j].text_pair is not None:
-            row["text_pair"] = exs[j].text_pair
-        yield row
+        yield {**_certificate_row(todo[j], exs[j], cert, cfg), "seconds": round(seconds, 4)}
 
 
 def _row_files(out: Path) -> list[Path]:

@@ -54,9 +54,7 @@ def mixture_lower(s: int, t: int, alpha: float, prior: tuple[float, float] = PRI
     if s == 0:
         return 0.0
     target = -math.log(alpha)
-    top = s / t
-    if log_mixture_martingale(s, t, top, prior) >= target:  # cannot happen for a proper prior; kept honest
-        return top
+    top = s / t  # M_t(s / t) <= 1 < 1/alpha (a mixture of likelihood ratios never beats the best one)
     f = lambda p: float(log_mixture_martingale(s, t, p, prior)) - target  # noqa: E731
     lo = 1e-300
     if f(lo) < 0:
@@ -82,8 +80,8 @@ def _check(s: int, t: int, alpha: float) -> None:
 @dataclasses.dataclass
 class SequentialBound:
     """The lower bound on p_A of the sequential plan for one text: ``update(s, t)`` after every block (s votes for
-    the selected class among the t estimation copies so far), ``bound`` the running maximum, ``final(s)`` when all
-    ``n_max`` copies are in. Error at most ``alpha`` over every look (module docstring)."""
+    the selected class among the t estimation copies so far; at t = ``n_max`` the Clopper-Pearson bound joins in),
+    ``bound`` the running maximum. Error at most ``alpha`` over every look (module docstring)."""
 
     alpha: float
     n_max: int

@@ -391,42 +391,31 @@ class SmoothedClassifier(CopyEngine):
             active = [st for st in active if not st["done"]]
 
     def _sequential_certificate(self, st: dict, beta: str) -> Certificate:
-        cert = self._sequential_result(st)
-        if beta == "pc":
-            rate = 0.0 if not cert.n else (cert.counts[cert.prediction] / cert.n if cert.mode == "sampled"
-                                            else cert.p_lower)
-            cert = dataclasses.replace(cert, radius=cert.radius_pc, beta_mode="pc", beta=float(rate))
-        return cert
-
-    def _sequential_result(self, st: dict) -> Certificate:
+        """The certificate of a finished text of ``certify_sequential_stream`` (``radius`` under ``beta``)."""
         from ranmask_jax import sequential as sq
 
         h, k, label = st["h"], st["k"], st["label"]
         if st["phase"] == "exact":
-            counts = st["votes"].counts
+            counts, seen, total = st["votes"].counts, st["plan"][st["block"] - 1], len(st["keep"])
             pred = int(np.argmax(counts))
-            total = len(st["keep"])
-            label = pred if label is None else label
-            lo, _ = sq.exact_range(counts, st["plan"][st["block"] - 1], total, pred, h, k)
-            r_one, r_pc = lo if pred == label else (-1, -1)
-            seen = st["plan"][st["block"] - 1]
             p = counts[pred] / total  # the exact p_c when enumeration ran to the end; else its certain lower end
-            return Certificate(label=label, prediction=pred, correct=pred == label,
-                               counts=tuple(int(c) for c in counts), n=seen, p_lower=float(p), beta=1.0, h=h, k=k,
-                               radius=r_one, mode="exact", beta_mode="one", radius_one=r_one, radius_pc=r_pc,
-                               copies=st["copies"], plan="sequential", keep_sets=total)
-        counts0, votes = st["votes0"].counts, st["votes"]
-        pred = int(np.argmax(counts0))
+            (r_one, r_pc), _ = sq.exact_range(counts, seen, total, pred, h, k)
+            extra = {"mode": "exact", "n": seen, "p_lower": float(p), "rate": float(p), "keep_sets": total}
+        else:
+            counts0, votes = st["votes0"].counts, st["votes"]
+            counts, pred, n = votes.counts, int(np.argmax(counts0)), votes.n
+            rate = int(counts[pred]) / n if n else 0.0
+            (r_one, r_pc) = sq.radii(st["bound"].bound if n else 0.0, rate, h, k)
+            extra = {"mode": "sampled", "n": n, "p_lower": float(st["bound"].bound if n else 0.0), "rate": rate,
+                     "counts0": tuple(int(c) for c in counts0), "skipped_estimation": n == 0}
         label = pred if label is None else label
-        n = votes.n
-        s = int(votes.counts[pred]) if n else 0
-        bound = st["bound"].bound if n else 0.0
-        r_one, r_pc = sq.radii(bound, s / n if n else 0.0, h, k, pred == label)
-        return Certificate(label=label, prediction=pred, correct=pred == label,
-                           counts=tuple(int(c) for c in votes.counts), n=n, p_lower=float(bound), beta=1.0, h=h,
-                           k=k, radius=r_one, mode="sampled", beta_mode="one", radius_one=r_one, radius_pc=r_pc,
-                           counts0=tuple(int(c) for c in counts0), skipped_estimation=n == 0, copies=st["copies"],
-                           plan="sequential")
+        if pred != label:
+            r_one = r_pc = -1
+        rate = extra.pop("rate")
+        return Certificate(label=label, prediction=pred, correct=pred == label, counts=tuple(int(c) for c in counts),
+                           h=h, k=k, radius=r_pc if beta == "pc" else r_one, beta_mode=beta,
+                           beta=float(rate) if beta == "pc" else 1.0, radius_one=r_one, radius_pc=r_pc,
+                           copies=st["copies"], plan="sequential", **extra)
 
     def _check_certify_call(self, keys, texts, pairs, labels, alpha: float, exact_threshold, **counts) -> None:
         """What every certification checks first: a certifiable smoothed classifier, well-formed arguments, alpha in
