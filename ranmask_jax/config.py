@@ -83,6 +83,18 @@ class TrainConfig:
     grad_clip: float = opt(1.0, "clip gradients to this global norm")
     warmup_steps: int = opt(0, "linear warm-up steps before the cosine decay")
     dropout: float | None = opt(None, "override the model's hidden and attention dropout")
+    defense: str = opt("none", "adversarial training on top of the masked training (the paper's baselines use it "
+                               "with --rho 0): none, pgd (PGD-K on the word embeddings), freelb, hotflip (Adv-HotFlip)")
+    adv_steps: int | None = opt(None, "pgd/freelb: ascent steps; hotflip: swap rounds (default: pgd 3 (the paper's "
+                                      "PGD-10: 10), freelb 5, hotflip 3)")
+    adv_lr: float | None = opt(None, "pgd/freelb: ascent step size on the normalised gradient (default: pgd 0.3, "
+                                     "freelb 0.03)")
+    adv_init_mag: float | None = opt(None, "pgd/freelb: magnitude of the random start, 0 for none (default: pgd 0.5, "
+                                           "freelb 0.05)")
+    adv_max_norm: float | None = opt(None, "pgd/freelb: radius of the perturbation ball, 0 for unbounded (default: "
+                                           "pgd 0.05, freelb 0)")
+    adv_norm: str | None = opt(None, "pgd/freelb: l2 (over the whole text) or linf (default: l2)")
+    adv_change_rate: float | None = opt(None, "hotflip: share of each text's tokens swapped per round (default 0.2)")
     seed: int = opt(0, "root seed: data order, masks, dropout, head initialisation")
     eval_n: int = opt(16, "masked copies per dev text for the smoothed (vote) accuracy; 0: masked accuracy only")
     eval_examples: int = opt(200, "dev texts used for the smoothed accuracy (the masked accuracy uses all)")
@@ -125,6 +137,12 @@ class TrainConfig:
             raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
         check_seed(self.seed)
         check_dtype(self.dtype)
+        from ranmask_jax import adversarial
+
+        if self.defense != "none" and self.task != "classification":
+            raise ValueError(f"--defense {self.defense} trains a classifier; it does not apply to --task {self.task}")
+        for name, value in adversarial.resolve(self.defense, {k: getattr(self, k) for k in adversarial.FIELDS}).items():
+            setattr(self, name, value)  # the resolved values are what train_config.json records
 
 
 @dataclasses.dataclass

@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ranmask_jax import distributed
+from ranmask_jax import adversarial, distributed
 from ranmask_jax.config import TrainConfig, check_resume_config
 from ranmask_jax.data import DataError, Dataset, is_file_dataset, load_dataset
 from ranmask_jax.files import error_line, write_text
@@ -184,16 +184,26 @@ def epoch_order(seed: int, epoch: int, n: int, lengths: np.ndarray | None = None
     return np.concatenate([batches.reshape(-1), order[full:]])
 
 
+def plain_grads(tr: Trainer, loss, params, rest, inputs: tuple, batch: dict, k_drop: jax.Array):
+    """(loss, metrics, parameter gradients) of ``loss(model, inputs, batch)`` with dropout drawn from ``k_drop``."""
+    model = nnx.merge(tr.graphdef, params, rest)
+    nnx.reseed(model, dropout=k_drop)  # dropout keys from (seed, step): a resumed run repeats them
+    (value, aux), grads = nnx.value_and_grad(lambda m: loss(m, inputs, batch), has_aux=True)(model)
+    return value, aux, grads
+
+
 class ClassifierTask:
     """Masked training of the RanMASK base classifier: one fresh masked copy of each text per step (uniform keep
-    sets, ``train_keep_sets``), cross-entropy; evaluated by the accuracy of f on one masked copy per dev text and of
-    g (a vote over ``eval_n`` copies) on the first ``eval_examples``; the kept model is the best by the latter."""
+    sets, ``train_keep_sets``), cross-entropy, or with ``--defense`` an adversarial loss on that copy
+    (``ranmask_jax.adversarial``); evaluated by the accuracy of f on one masked copy per dev text and of g (a vote
+    over ``eval_n`` copies) on the first ``eval_examples``; the kept model is the best by the latter."""
 
     name = "classification"
 
     def __init__(self, cfg: TrainConfig):
         self.cfg, self.keep_sets = cfg, train_keep_sets(cfg)
-        self._eval_logits = self._smoothed = None
+        self.adversary = adversarial.Adversary.from_config(cfg)
+        self._eval_logits = self._smoothed = self._candidates = None
 
     def check(self, train_ds: Dataset) -> None:
         if train_ds.num_labels < 2:
@@ -216,6 +226,36 @@ class ClassifierTask:
         logits = model(ids, attn, types)  # [B, C]
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
         return loss, {"accuracy": (logits.argmax(-1) == batch["labels"]).mean()}
+
+    def grads(self, tr: Trainer, params, rest, inputs: tuple, batch: dict, k_drop: jax.Array):
+        """(loss, metrics, parameter gradients) of one step: plain cross-entropy, or the defense's."""
+        adv = self.adversary
+        if adv is None:
+            return plain_grads(tr, self.loss, params, rest, inputs, batch, k_drop)
+
+        def apply(p, inp, delta, key):  # the classifier in training mode, dropout from ``key``
+            model = nnx.merge(tr.graphdef, p, rest, copy=True)  # fresh variables: called inside inner gradients
+            nnx.reseed(model, dropout=key)
+            ids, types, attn = inp
+            return model(ids, attn, types, word_delta=delta)
+
+        labels, dim = batch["labels"], tr.model_cfg.hidden_size
+        if adv.method == "pgd":
+            return adversarial.pgd_grads(apply, params, inputs, labels, dim, adv, k_drop)
+        if adv.method == "freelb":
+            return adversarial.freelb_grads(apply, params, inputs, labels, dim, adv, k_drop)
+        ids, _, attn = inputs
+        embeddings = nnx.merge(tr.graphdef, params, rest).encoder.embeddings.word_embeddings.embedding[...]
+        special = jnp.asarray(sorted(set(tr.tokenizer.all_special_ids)), ids.dtype)
+        protected = (attn == 0) | jnp.isin(ids, special)
+        return adversarial.hotflip_grads(apply, params, inputs, labels, embeddings, self.candidates(tr), protected,
+                                         adv, k_drop)
+
+    def candidates(self, tr: Trainer) -> jax.Array:
+        """HotFlip's candidate tokens (``adversarial.hotflip_candidates``), built once."""
+        if self._candidates is None:
+            self._candidates = adversarial.hotflip_candidates(tr.tokenizer)
+        return self._candidates
 
     def evaluate(self, tr: Trainer) -> dict:
         """Dev accuracy of f on one masked copy per text, and of g (vote over ``eval_n`` copies) on a fixed
@@ -267,7 +307,8 @@ class ClassifierTask:
         export_pretrained(model, tr.tokenizer, tr.model_cfg.replace(dtype="float32"), directory,
                           label_names=tr.train_ds.label_names)
         cfg = self.cfg
-        return {"model_dir": "model", "task": "classification", "rho": cfg.rho, "min_keep": cfg.min_keep,
+        return {"model_dir": "model", "task": "classification", "defense": cfg.defense, "rho": cfg.rho,
+                "min_keep": cfg.min_keep,
                 "max_len": cfg.max_len, "mask_side": cfg.mask_side, "dataset": cfg.dataset,
                 "label_names": tr.train_ds.label_names, "step": step, "scores": scores, "base_model": cfg.model}
 
@@ -304,6 +345,9 @@ class MLMTask:
         positions, valid, dropped = mlm.gather_selected(selected, mlm.decode_cap(ids.shape,
                                                                                  self.cfg.mlm_probability))
         return (ids, positions, valid), k_drop, {"dropped_tokens": dropped}
+
+    def grads(self, tr: Trainer, params, rest, inputs: tuple, batch: dict, k_drop: jax.Array):
+        return plain_grads(tr, self.loss, params, rest, inputs, batch, k_drop)
 
     def loss(self, model, inputs: tuple, batch: dict) -> tuple[jax.Array, dict]:
         from ranmask_jax import mlm
@@ -417,9 +461,7 @@ class Trainer:
     # -- one step ----------------------------------------------------------------------------------------------
     def _step(self, params, opt_state, rest, batch, key):
         inputs, k_drop, extra = self.task.inputs(self, batch, key)
-        model = nnx.merge(self.graphdef, params, rest)
-        nnx.reseed(model, dropout=k_drop)  # dropout keys from (seed, step): a resumed run repeats them
-        (loss, aux), grads = nnx.value_and_grad(lambda m: self.task.loss(m, inputs, batch), has_aux=True)(model)
+        loss, aux, grads = self.task.grads(self, params, rest, inputs, batch, k_drop)
         updates, opt_state = self.tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         return params, opt_state, {"loss": loss, **aux, **extra, "grad_norm": optax.tree.norm(grads)}

@@ -201,9 +201,15 @@ class Embeddings(nnx.Module):
         self.LayerNorm = _layer_norm(cfg, cfg.hidden_size, rngs)
         self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
 
-    def __call__(self, input_ids: jax.Array, token_type_ids: jax.Array) -> jax.Array:
-        x = (self.word_embeddings(input_ids) + self.position_embeddings(position_ids(self.cfg, input_ids))
-             + self.token_type_embeddings(token_type_ids))  # [B, T, D]
+    def __call__(self, input_ids: jax.Array, token_type_ids: jax.Array,
+                 word_delta: jax.Array | None = None) -> jax.Array:
+        """``word_delta`` ([B, T, D], optional) is added to the word embeddings before the position and type
+        embeddings (adversarial training perturbs there, as HF's ``inputs_embeds``)."""
+        words = self.word_embeddings(input_ids)  # [B, T, D]
+        if word_delta is not None:
+            words = words + word_delta.astype(words.dtype)
+        x = words + self.position_embeddings(position_ids(self.cfg, input_ids)) + self.token_type_embeddings(
+            token_type_ids)  # [B, T, D]
         return self.dropout(self.LayerNorm(x))
 
 
@@ -268,13 +274,13 @@ class Encoder(nnx.Module):
         self.layers = nnx.List([Layer(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
-                 token_type_ids: jax.Array | None = None) -> jax.Array:
+                 token_type_ids: jax.Array | None = None, word_delta: jax.Array | None = None) -> jax.Array:
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         key_mask = attention_mask[:, None, None, :] > 0  # [B, 1, 1, T], broadcast over heads and queries
-        x = self.embeddings(input_ids, token_type_ids)
+        x = self.embeddings(input_ids, token_type_ids, word_delta)
         for layer in self.layers:
             x = layer(x, key_mask)
         return x
@@ -311,7 +317,8 @@ def _classifier_dropout(cfg: ModelConfig) -> float:
 
 
 class SequenceClassifier(nnx.Module):
-    """Encoder + classification head; ``__call__`` returns logits ``[B, num_labels]`` in float32."""
+    """Encoder + classification head; ``__call__`` returns logits ``[B, num_labels]`` in float32 (``word_delta``:
+    an optional ``[B, T, D]`` perturbation of the word embeddings, see ``Embeddings``)."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -320,8 +327,8 @@ class SequenceClassifier(nnx.Module):
         self.head = head(cfg, rngs=rngs)
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
-                 token_type_ids: jax.Array | None = None) -> jax.Array:
-        return self.head(self.encoder(input_ids, attention_mask, token_type_ids)).astype(jnp.float32)
+                 token_type_ids: jax.Array | None = None, word_delta: jax.Array | None = None) -> jax.Array:
+        return self.head(self.encoder(input_ids, attention_mask, token_type_ids, word_delta)).astype(jnp.float32)
 
 
 class MaskedLM(nnx.Module):
