@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from attacks import constraints as C
 from attacks.resources import Neighbours, SentenceEncoder, WordNet, stopwords
-from attacks.transformations import CharEdits, NeighbourSwap
+from attacks.transformations import CharEdits, NeighbourSwap, WordNetSwap
 
 
 @dataclasses.dataclass
@@ -71,4 +71,14 @@ def bert_attack(unk_token: str = "[UNK]", mlm=None, encoder: SentenceEncoder | N
                           "subwords": subwords})
 
 
-RECIPES = {"deepwordbug": deepwordbug, "textfooler": textfooler, "bert-attack": bert_attack}
+def pwws(unk_token: str = "[UNK]", wordnet: WordNet | None = None) -> Recipe:
+    """Ren et al. 2019 (TextAttack's recipe, the one the original RanMASK code augments its training data with):
+    WordNet synonyms, NLTK stopwords untouched, no other constraint; words taken in the order of their
+    probability-weighted saliency: softmax over the words of (1 - p_y with the word replaced by the unknown token),
+    times the largest (1 - p_y) among the word's synonym swaps in the original text."""
+    return Recipe("pwws", WordNetSwap(wordnet or WordNet()), [C.not_modified_yet, C.Stopwords(stopwords("nltk"))],
+                  [], wir="weighted-saliency", unk_token=unk_token,
+                  params={"synonyms": "WordNet 3.0", "stopwords": "nltk"})
+
+
+RECIPES = {"deepwordbug": deepwordbug, "textfooler": textfooler, "bert-attack": bert_attack, "pwws": pwws}

@@ -49,6 +49,8 @@ class WordNet:
         self.lemmas = {p: self._index(f"index.{name}") for p, name in POS_FILES.items()}
         self.exceptions = {p: self._exceptions(f"{name}.exc") for p, name in POS_FILES.items()}
         self._antonyms: dict[str, set[str]] | None = None
+        self._synsets: dict[str, dict[str, list[int]]] | None = None  # pos -> lemma -> synset offsets
+        self._members: dict[tuple[str, int], list[str]] = {}  # (pos, offset) -> its lemmas, WordNet's spelling
 
     def _index(self, name: str) -> set[str]:
         with open(self.dir / name, encoding="latin-1") as f:
@@ -82,6 +84,41 @@ class WordNet:
     def pos(self, word: str) -> set[str]:
         """The parts of speech (n, v, a, r) WordNet knows for ``word`` or its base forms."""
         return {p for p in POS_FILES if self.base_forms(word, p)}
+
+    def synonyms(self, word: str) -> list[str]:
+        """The lemmas of every synset of ``word`` under each part of speech (looked up through its base forms, as
+        NLTK's ``wordnet.synsets``), in WordNet's spelling (multi-word lemmas joined by ``_``), sorted, ``word``
+        itself left out (compared as spelled)."""
+        if self._synsets is None:
+            self._read_synsets()
+        out: set[str] = set()
+        for p in POS_FILES:
+            for form in self.base_forms(word, p):
+                for offset in self._synsets[p].get(form, ()):
+                    out.update(self._members[(p, offset)])
+        out.discard(word)
+        return sorted(out)
+
+    def _read_synsets(self) -> None:
+        self._synsets = {}
+        for p, name in POS_FILES.items():
+            table: dict[str, list[int]] = {}
+            with open(self.dir / f"index.{name}", encoding="latin-1") as f:
+                for line in f:  # lemma pos synset_cnt p_cnt [ptr_symbol]*p_cnt sense_cnt tagsense_cnt offset*
+                    if line.startswith(" "):
+                        continue
+                    parts = line.split()
+                    n, pointers = int(parts[2]), int(parts[3])
+                    table[parts[0]] = [int(x) for x in parts[6 + pointers:6 + pointers + n]]
+            self._synsets[p] = table
+            with open(self.dir / f"data.{name}", encoding="latin-1") as f:
+                for line in f:
+                    if line.startswith(" "):
+                        continue
+                    parts = line.split(" | ", 1)[0].split()
+                    n_words = int(parts[3], 16)
+                    # adjectives may carry a syntactic marker: "big(a)"
+                    self._members[(p, int(parts[0]))] = [parts[4 + 2 * j].split("(")[0] for j in range(n_words)]
 
     def antonyms(self, word: str) -> set[str]:
         """Lemmas that WordNet lists as antonyms of any base form of ``word``."""

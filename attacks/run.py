@@ -52,7 +52,7 @@ class AttackConfig(SmoothedRunConfig):
     """An attack on a trained run (the paper's Section 4.3: n = 100 copies per query, 100 examples per cell)."""
 
     out: str = opt("", "output directory: attack.jsonl (one row per example), summary.json, table.md")
-    recipe: str = opt("deepwordbug", "deepwordbug, textfooler or bert-attack (needs --attack-mlm)")
+    recipe: str = opt("deepwordbug", "deepwordbug, textfooler, bert-attack (needs --attack-mlm) or pwws")
     attack_mlm: str | None = opt(None, "bert-attack: the masked-LM run whose predictions are the candidates")
     num_examples: int | None = opt(100, "attack a seeded random subset of this many texts (default 100; none: all)")
     grow_from: int | None = opt(None, "a smaller --num-examples whose texts this selection contains (the earlier "

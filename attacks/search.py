@@ -2,7 +2,8 @@
 
 1. Importance: each modifiable word is replaced by the unknown token ("unk", DeepWordBug / BERT-Attack) or
    deleted ("delete", TextFooler); its importance is how much that lowers the true class's score. All these texts
-   go to the scorer in one call.
+   go to the scorer in one call. PWWS ("weighted-saliency") weights the softmax of these scores by the best score
+   among each word's swaps in the original text (one more call per word).
 2. In order of importance, each word's candidates (the transformation's, filtered by the constraints) are scored
    in one call; the candidate that lowers the true class's score most becomes the current text if it lowers it
    below the current text's. Otherwise (``fallback``) the search goes on from a random candidate ("random": the
@@ -42,6 +43,24 @@ class Outcome:
 FALLBACKS = ("random", "skip")
 
 
+def _weighted_saliency(original: AttackText, label: int, idx: list[int], saliency: np.ndarray, queries: Queries,
+                       recipe, rng: np.random.Generator) -> np.ndarray:
+    """PWWS's word order: softmax(saliency) times each word's best swap score (1 - p_y) in the original text, 0 for a
+    word without candidates (TextAttack's "weighted-saliency")."""
+    weights = np.exp(saliency - saliency.max())
+    weights /= weights.sum()
+    best = np.zeros(len(idx))
+    for j, i in enumerate(idx):
+        cands = [original.replace(i, w) for w in recipe.transformation(original, i, rng)]
+        for constraint in recipe.constraints:
+            if cands:
+                keep, _ = constraint(cands, original, original, i)
+                cands = [c for c, k in zip(cands, keep, strict=True) if k]
+        if cands:
+            best[j] = float(np.max(1.0 - queries([c.text for c in cands])[:, label]))
+    return weights * best
+
+
 def greedy_wir(original: AttackText, label: int, queries: Queries, recipe, rng: np.random.Generator,
                fallback: str = "random", judge: Queries | None = None) -> Outcome:
     """Attack ``original`` (true class ``label``). ``judge``: the adaptive attack. The search reads ``queries`` (a
@@ -62,6 +81,8 @@ def greedy_wir(original: AttackText, label: int, queries: Queries, recipe, rng: 
         probes = [original.without_word(i) if recipe.wir == "delete" else original.with_word(i, recipe.unk_token)
                   for i in idx]
         importance = 1.0 - queries(probes)[:, label]
+        if recipe.wir == "weighted-saliency":
+            importance = _weighted_saliency(original, label, idx, importance, queries, recipe, rng)
         order = [idx[j] for j in np.argsort(-importance, kind="stable")]
         for i in order:
             if not all(p(cur, i) for p in recipe.pre):

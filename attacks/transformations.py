@@ -5,16 +5,19 @@
   position: one candidate per edit, four per word.
 * ``NeighbourSwap`` -- TextFooler's candidates: a word's nearest neighbours in a word-vector space (a
   ``attacks.resources.Neighbours`` table), at most ``max_candidates``, cosine >= ``min_cos``.
+* ``WordNetSwap`` -- PWWS's candidates: a word's one-word WordNet synonyms.
 """
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Callable
 
 import numpy as np
 
 from attacks.text import AttackText
+from ranmask_jax.masking import split_words
 
 LETTERS = string.ascii_letters
 
@@ -72,6 +75,22 @@ class NeighbourSwap:
         word = text.core(i)
         cands = self.neighbours.lookup(word.lower(), self.max_candidates, self.min_cos)
         return [_recase(c, word) for c in cands if c != word.lower()]
+
+
+class WordNetSwap:
+    """PWWS (TextAttack's WordSwapWordNet): every one-word WordNet synonym of word i's core (lemmas of all its
+    synsets, phrases left out), as WordNet spells them; the core itself is not a candidate."""
+
+    def __init__(self, wordnet):
+        self.wordnet = wordnet
+
+    def __call__(self, text: AttackText, i: int, rng: np.random.Generator) -> list[str]:
+        word = text.core(i)
+        return [w for w in self.wordnet.synonyms(word) if "_" not in w and len(split_words(w)) == 1
+                and _CORE_ONLY.fullmatch(w)]
+
+
+_CORE_ONLY = re.compile(r"\w(.*\w)?", re.S)  # a candidate that is all core: no punctuation to strip at its ends
 
 
 def _recase(candidate: str, like: str) -> str:

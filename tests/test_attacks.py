@@ -737,3 +737,77 @@ def test_paired_comparison_of_two_cells():
     assert t["texts"] == 20 and (t["only_a"], t["only_b"]) == (6, 1)
     assert t["boa_a"] == 0.5 and t["boa_b"] == 0.25 and t["diff"] == pytest.approx(0.25)
     assert t["p"] == pytest.approx(0.125) and t["ci95"][0] < 0.25 < t["ci95"][1]
+
+
+def test_wordnet_synonyms_of_every_synset_through_base_forms(tmp_path):
+    """Lemmas of all synsets of the word's base forms, under every part of speech, adjective markers dropped; the
+    word itself is not its own synonym; PWWS's swap leaves out phrases."""
+    def data(lines):
+        return "  1 license header line\n" + "".join(lines)
+
+    (tmp_path / "data.adj").write_text(data(["00000100 00 a 03 good 0 full(a) 0 estimable 0 000 | of quality\n",
+                                             "00000200 00 s 02 good 0 in_force 0 000 | in effect\n"]))
+    (tmp_path / "data.noun").write_text(data(["00000400 00 n 03 movie 0 film 0 motion_picture 0 000 | a film\n",
+                                              "00000500 00 n 02 good 0 goodness 0 000 | benefit\n"]))
+    (tmp_path / "data.verb").write_text(data(["00000600 00 v 02 film 0 shoot 0 000 | record\n"]))
+    (tmp_path / "data.adv").write_text(data([]))
+    (tmp_path / "index.adj").write_text("  1 header\ngood a 2 0 2 0 00000100 00000200\n"
+                                        "full a 1 0 1 0 00000100\nestimable a 1 0 1 0 00000100\n")
+    (tmp_path / "index.noun").write_text("  1 header\nfilm n 1 0 1 0 00000400\ngood n 1 1 @ 1 0 00000500\n"
+                                         "movie n 1 0 1 0 00000400\n")
+    (tmp_path / "index.verb").write_text("  1 header\nfilm v 1 0 1 0 00000600\n")
+    (tmp_path / "index.adv").write_text("  1 header\n")
+    wn = WordNet(tmp_path)
+    assert wn.synonyms("good") == ["estimable", "full", "goodness", "in_force"]
+    assert wn.synonyms("movies") == ["film", "motion_picture", "movie"]  # base form movie; "movies" is not in it
+    assert wn.synonyms("films") == ["film", "motion_picture", "movie", "shoot"]  # noun and verb senses
+    assert wn.synonyms("the") == []
+    from attacks.transformations import WordNetSwap
+
+    t = AttackText.from_string("a good movie.")
+    assert WordNetSwap(wn)(t, 1, None) == ["estimable", "full", "goodness"]
+    assert WordNetSwap(wn)(t, 2, None) == ["film"]
+    assert t.replace(2, "film").text == "a good film."
+
+
+def test_pwws_orders_words_by_probability_weighted_saliency():
+    """Word "alpha" is the most salient (its unknown token lowers p_y most) but no swap of it moves the score;
+    "charlie" is less salient but its swap flips the class: PWWS visits charlie first (plain saliency would visit
+    alpha first) and succeeds at once."""
+    original = AttackText.from_string("alpha bravo charlie")
+    probs = {"[UNK] bravo charlie": 0.5, "alpha [UNK] charlie": 0.8, "alpha bravo [UNK]": 0.7,
+             "alpha bravo charlie": 0.9, "alpha2 bravo charlie": 0.9, "alpha bravo2 charlie": 0.85,
+             "alpha bravo charlie2": 0.2}
+
+    def scorer(texts):
+        p = np.array([probs.get(t, 0.9) for t in texts])
+        return np.stack([p, 1 - p], 1)
+
+    visited = []
+
+    def swap(text, i, rng):
+        visited.append(i)
+        return [text.core(i) + "2"]
+
+    recipe = Recipe("pwws-like", swap, [C.not_modified_yet], [], wir="weighted-saliency")
+    q = Queries(scorer)
+    out = greedy_wir(original, 0, q, recipe, np.random.default_rng(0))
+    # clean, 3 probes, 3 swaps of the original (the weights), then charlie's swap again (the cache answers it)
+    assert visited == [0, 1, 2, 2] and out.status == "succeeded" and out.text.text == "alpha bravo charlie2"
+    weights = np.exp([0.5, 0.2, 0.3]) / np.exp([0.5, 0.2, 0.3]).sum()
+    order = np.argsort(-weights * np.array([0.1, 0.15, 0.8]))
+    assert list(order) == [2, 1, 0]
+    plain = dataclasses.replace(recipe, wir="unk")
+    visited.clear()
+    greedy_wir(original, 0, Queries(scorer), plain, np.random.default_rng(0))
+    assert visited[0] == 0  # by saliency alone, alpha first
+
+
+def test_pwws_recipe_spares_stopwords(tiny_wordnet):
+    from attacks.recipes import pwws
+
+    recipe = pwws(wordnet=tiny_wordnet)
+    t = AttackText.from_string("the good movie")
+    assert [all(p(t, i) for p in recipe.pre) for i in range(3)] == [False, True, True]
+    assert recipe.transformation(t, 1, None) == []  # "good" has only itself in its synset here
+    assert recipe.transformation(t, 0, None) == []
