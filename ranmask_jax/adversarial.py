@@ -16,6 +16,8 @@ and 5), as the original RanMASK code trains them (``trainer/gradient.py``, ``pgd
   trains on the clean and the swapped batch together. Special tokens (and the mask token of a masked copy) are
   never swapped; the original swaps and then restores them, which can leave fewer than its count of changes.
 
+* **Adversarial data augmentation** changes the training set, not the loss: ``attacks/augment.py``.
+
 Both the clean input and the perturbed one are what ``ClassifierTask.inputs`` gives: with ``rho > 0`` the defense
 applies to the masked copy (the paper's baselines train at ``rho = 0``).
 """
@@ -29,15 +31,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
-METHODS = ("pgd", "freelb", "hotflip")
+METHODS = ("pgd", "freelb", "hotflip", "augment")  # augment: a training set, not a loss (attacks/augment.py)
 NORMS = ("l2", "linf")
 # the original code's values (args.py; FreeLB's own from its comments there; PGD-10 in the paper is steps=10)
 DEFAULTS = {
     "pgd": {"adv_steps": 3, "adv_lr": 0.3, "adv_init_mag": 0.5, "adv_max_norm": 0.05, "adv_norm": "l2"},
     "freelb": {"adv_steps": 5, "adv_lr": 0.03, "adv_init_mag": 0.05, "adv_max_norm": 0.0, "adv_norm": "l2"},
     "hotflip": {"adv_steps": 3, "adv_change_rate": 0.2},
+    "augment": {"augment_from": None, "augment_recipe": "pwws", "augment_share": 0.5},
 }
-FIELDS = ("adv_steps", "adv_lr", "adv_init_mag", "adv_max_norm", "adv_norm", "adv_change_rate")
+FIELDS = ("adv_steps", "adv_lr", "adv_init_mag", "adv_max_norm", "adv_norm", "adv_change_rate", "augment_from",
+          "augment_recipe", "augment_share")
 
 
 def resolve(defense: str, given: dict) -> dict:
@@ -55,6 +59,17 @@ def resolve(defense: str, given: dict) -> dict:
     if unused:
         raise ValueError(f"--defense {defense} does not use {', '.join('--' + k.replace('_', '-') for k in unused)}")
     out = {k: (given[k] if given.get(k) is not None else v) for k, v in DEFAULTS[defense].items()}
+    if defense == "augment":
+        from attacks.augment import RECIPES
+
+        if not out["augment_from"]:
+            raise ValueError("--defense augment needs --augment-from RUN: the trained baseline that attacks the "
+                             "training texts")
+        if out["augment_recipe"] not in RECIPES:
+            raise ValueError(f"augment_recipe must be one of {', '.join(RECIPES)}, got {out['augment_recipe']!r}")
+        if not 0.0 < out["augment_share"] <= 1.0:
+            raise ValueError(f"augment_share must be in (0, 1], got {out['augment_share']}")
+        return out
     if out["adv_steps"] < 1:
         raise ValueError(f"adv_steps must be >= 1, got {out['adv_steps']}")
     if defense == "hotflip":
@@ -80,8 +95,9 @@ class Adversary:
 
     @classmethod
     def from_config(cls, cfg) -> Adversary | None:
-        """The adversary of a ``TrainConfig`` (None without ``--defense``); its fields are already resolved."""
-        if cfg.defense == "none":
+        """The adversary of a ``TrainConfig`` (None without one: no defense, or augmentation, which changes the
+        training set and not the loss); its fields are already resolved."""
+        if cfg.defense in ("none", "augment"):
             return None
         s = {k: getattr(cfg, k) for k in DEFAULTS[cfg.defense]}
         return cls(method=cfg.defense, **{k.removeprefix("adv_"): v for k, v in s.items()})

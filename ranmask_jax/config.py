@@ -84,7 +84,8 @@ class TrainConfig:
     warmup_steps: int = opt(0, "linear warm-up steps before the cosine decay")
     dropout: float | None = opt(None, "override the model's hidden and attention dropout")
     defense: str = opt("none", "adversarial training on top of the masked training (the paper's baselines use it "
-                               "with --rho 0): none, pgd (PGD-K on the word embeddings), freelb, hotflip (Adv-HotFlip)")
+                               "with --rho 0): none, pgd (PGD-K on the word embeddings), freelb, hotflip "
+                               "(Adv-HotFlip), augment (adversarial data augmentation)")
     adv_steps: int | None = opt(None, "pgd/freelb: ascent steps; hotflip: swap rounds (default: pgd 3 (the paper's "
                                       "PGD-10: 10), freelb 5, hotflip 3)")
     adv_lr: float | None = opt(None, "pgd/freelb: ascent step size on the normalised gradient (default: pgd 0.3, "
@@ -95,6 +96,11 @@ class TrainConfig:
                                            "pgd 0.05, freelb 0)")
     adv_norm: str | None = opt(None, "pgd/freelb: l2 (over the whole text) or linf (default: l2)")
     adv_change_rate: float | None = opt(None, "hotflip: share of each text's tokens swapped per round (default 0.2)")
+    augment_from: str | None = opt(None, "augment: the trained baseline run whose attacks make the added texts")
+    augment_recipe: str | None = opt(None, "augment: the attack (pwws, deepwordbug, textfooler; default pwws, the "
+                                           "original code's)")
+    augment_share: float | None = opt(None, "augment: share of the training set attacked, and share kept beside "
+                                            "the attacked texts (independent draws; default 0.5)")
     seed: int = opt(0, "root seed: data order, masks, dropout, head initialisation")
     eval_n: int = opt(16, "masked copies per dev text for the smoothed (vote) accuracy; 0: masked accuracy only")
     eval_examples: int = opt(200, "dev texts used for the smoothed accuracy (the masked accuracy uses all)")
@@ -143,6 +149,8 @@ class TrainConfig:
             raise ValueError(f"--defense {self.defense} trains a classifier; it does not apply to --task {self.task}")
         for name, value in adversarial.resolve(self.defense, {k: getattr(self, k) for k in adversarial.FIELDS}).items():
             setattr(self, name, value)  # the resolved values are what train_config.json records
+        if self.augment_from:
+            self.augment_from = normal_path(self.augment_from)
 
 
 @dataclasses.dataclass

@@ -417,6 +417,10 @@ class Trainer:
         self.train_ds = load_dataset(cfg.dataset, cfg.train_split, cfg.data_dir, **files)
         self.task = TASKS[cfg.task](cfg)
         self.task.check(self.train_ds)
+        if cfg.defense == "augment":  # attacks half the texts with the baseline first (resumable), then trains
+            from attacks.augment import augmented_train_set
+
+            self.train_ds = augmented_train_set(cfg, self.train_ds)
         self.dev_ds = None
         if cfg.dev_split:
             dev_name = cfg.dev_file or cfg.dataset

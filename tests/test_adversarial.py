@@ -18,6 +18,7 @@ from ranmask_jax.models import build_model, tiny
 from tests.test_train import (
     tiny_setup,  # noqa: F401  (fixture)
     train_config,
+    trained_run,  # noqa: F401  (fixture)
 )
 
 V, D = 128, 32
@@ -250,7 +251,10 @@ def test_defense_flags_resolve_to_the_original_defaults(tiny_setup, tmp_path):  
     bad = [({"adv_lr": 0.1}, "needs --defense"), ({"defense": "hotflip", "adv_lr": 0.1}, "does not use --adv-lr"),
            ({"defense": "pgd", "adv_change_rate": 0.1}, "does not use --adv-change-rate"),
            ({"defense": "fgsm"}, "defense must be"), ({"defense": "pgd", "adv_norm": "l1"}, "l2 or linf"),
-           ({"defense": "pgd", "adv_steps": 0}, "adv_steps"), ({"defense": "pgd", "task": "mlm"}, "does not apply")]
+           ({"defense": "pgd", "adv_steps": 0}, "adv_steps"), ({"defense": "pgd", "task": "mlm"}, "does not apply"),
+           ({"defense": "augment"}, "needs --augment-from"),
+           ({"defense": "augment", "augment_from": "x", "augment_recipe": "bert-attack"}, "augment_recipe"),
+           ({"defense": "pgd", "augment_share": 0.3}, "does not use --augment-share")]
     for change, message in bad:
         with pytest.raises(ValueError, match=message):
             TrainConfig(**{**base, **change})
@@ -272,3 +276,52 @@ def test_training_with_a_defense_runs_and_records_it(tiny_setup, tmp_path, defen
     assert all(np.isfinite(r["loss"]) and extra in r for r in rows if "loss" in r)
     meta = json.loads((tmp_path / defense / "ranmask_run.json").read_text())
     assert meta["defense"] == defense
+
+
+def test_augmentation_selection_is_a_function_of_the_seed():
+    from attacks.augment import selection
+
+    lengths = np.array([1, 2, 3, 8, 5, 2, 9, 4, 3, 7, 6, 3] * 10)
+    a, k = selection(lengths, seed=4)
+    a2, k2 = selection(lengths, seed=4)
+    assert np.array_equal(a, a2) and np.array_equal(k, k2)
+    assert len(a) == len(k) == 60 and len(set(a)) == 60 and len(set(k)) == 60
+    assert np.all(lengths[a] >= 3)  # only texts of at least 3 words are attacked
+    assert np.any(lengths[k] < 3)  # the kept half is drawn from all texts
+    b, _ = selection(lengths, seed=5)
+    assert not np.array_equal(a, b)
+    with pytest.raises(Exception, match="at least 3 words"):
+        selection(np.array([1, 2, 3, 1]), seed=0, share=0.75)
+
+
+def test_augmented_training_set_is_rebuilt_identically_and_resumes(tiny_setup, trained_run, tmp_path):  # noqa: F811
+    """The baseline attacks half of the training texts (DeepWordBug here: no WordNet needed); the augmented file is
+    the kept half plus every attacked text; a second run with the same seed writes the same file, and a resumed run
+    attacks nothing again."""
+    from ranmask_jax.config import TrainConfig
+    from ranmask_jax.train import Trainer
+
+    base = dataclasses.asdict(train_config(tiny_setup, tmp_path / "aug1"))
+    flags = {"defense": "augment", "augment_from": str(trained_run), "augment_recipe": "deepwordbug", "rho": 0.0,
+             "max_steps": 2, "eval_n": 0}
+    out = Trainer(TrainConfig(**{**base, **flags})).run()
+    assert out["steps"] == 2
+    aug = tmp_path / "aug1" / "augment"
+    rows = [json.loads(x) for x in (aug / "train.jsonl").read_text().splitlines()]
+    assert [r["source"] for r in rows] == ["kept"] * 32 + ["attack"] * 32
+    attacked = [json.loads(x) for x in (aug / "attack" / "attack.jsonl").read_text().splitlines()]
+    assert len(attacked) == 32 and any(r["status"] == "succeeded" for r in attacked)
+    train = [json.loads(x) for x in open(tiny_setup["train"])]
+    for r in rows:  # labels carried over; kept texts verbatim; attacked texts are their rows' final texts
+        assert r["label"] == train[r["index"]]["label"]
+        if r["source"] == "kept":
+            assert r["text"] == train[r["index"]]["text"]
+    assert {r["text"] for r in rows if r["source"] == "attack"} == {r["perturbed_text"] for r in attacked}
+    recorded = json.loads((tmp_path / "aug1" / "train_config.json").read_text())
+    assert recorded["defense"] == "augment" and recorded["augment_share"] == 0.5
+
+    Trainer(TrainConfig(**{**base, **flags, "out_dir": str(tmp_path / "aug2")})).run()
+    assert (aug / "train.jsonl").read_bytes() == (tmp_path / "aug2" / "augment" / "train.jsonl").read_bytes()
+    before = (aug / "attack" / "attack.jsonl").read_bytes()
+    Trainer(TrainConfig(**{**base, **flags})).run()  # resumes: finished run, the attack rows untouched
+    assert (aug / "attack" / "attack.jsonl").read_bytes() == before
