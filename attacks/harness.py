@@ -83,6 +83,24 @@ def smoothed_scorer(sc, key, n: int = 100, ensemble: str = "vote") -> Scorer:
     return score
 
 
+def safer_scorer(safer, stream: tuple[int, ...], n: int = 100, ensemble: str = "vote", num_labels: int = 2) -> Scorer:
+    """SAFER's g over ``n`` substitution copies per text (``safer``: a ``ranmask_jax.safer.SaferClassifier``), scored
+    by the ``ensemble`` rule; query q (counted over the scorer's life) draws from ``default_rng([*stream, q])``."""
+    from ranmask_jax import ensembles
+
+    ensembles.check(ensemble)
+    state = {"queries": 0}
+
+    def score(texts: list[str]) -> np.ndarray:
+        out = []
+        for t in texts:
+            out.append(safer.scores(t, np.random.default_rng([*stream, state["queries"]]), n, ensemble))
+            state["queries"] += 1
+        return np.array(out, np.float64).reshape(len(texts), num_labels)
+
+    return score
+
+
 def common_scorer(sc, key, n: int = 100, ensemble: str = "vote", per_call: bool = False) -> Scorer:
     """g over ``n`` masked copies per text with common random numbers (``sc``: a SmoothedClassifier with uniform
     keep sets). Every text of h words gets the same keep sets: the distinct ones of ``n`` drawn from ``fold_in(key,

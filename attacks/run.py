@@ -85,6 +85,10 @@ class AttackConfig(SmoothedRunConfig):
     mlm_subwords: str = opt("single", "bert-attack: candidates only for words of one subword (single: the original "
                                       "code's) or also for longer words, by a beam over their subwords (beam)")
     query_budget: int | None = opt(None, "queries per example (none: unlimited, as in the paper)")
+    safer_table: str | None = opt(None, "attack SAFER's smoothed classifier instead of RanMASK's: --n random "
+                                        "substitution copies per query from this perturbation table "
+                                        "(experiments/safer_table.py), each classified unmasked, --ensemble vote or "
+                                        "logit")
 
     def __post_init__(self):
         super().__post_init__()
@@ -114,6 +118,12 @@ class AttackConfig(SmoothedRunConfig):
         if self.oracle in ("common", "shared") and self.sampling != "uniform":
             raise ValueError(f"--oracle {self.oracle} needs uniform keep sets (the same copies for every text of a "
                              "word count); LM sampling draws them per text: use --oracle cache or fresh")
+        if self.safer_table is not None:
+            if self.ensemble == "none":
+                raise ValueError("--safer-table attacks SAFER's smoothed classifier: give --ensemble (vote, logit)")
+            if self.sampling != "uniform" or self.purifier or self.oracle in ("common", "shared"):
+                raise ValueError("--safer-table draws substitution copies: it takes neither --sampling lm, "
+                                 "--purifier nor --oracle common/shared (use cache or fresh)")
         if self.query_budget is not None and self.query_budget < 1:
             raise ValueError(f"query_budget must be >= 1, got {self.query_budget}")
         if self.num_examples is not None and self.num_examples < 1:
@@ -146,6 +156,18 @@ def scorers(sc, cfg: AttackConfig):
         plain = plain_scorer(sc)
         return (lambda i: plain), None, None
     rule = cfg.search_ensemble or cfg.ensemble
+    if cfg.safer_table is not None:  # streams (seed, 0, i) for the search, (seed, 1, i) the recheck, 2 the judge
+        from attacks.harness import safer_scorer
+        from ranmask_jax.safer import PerturbationTable, SaferClassifier
+
+        safer, c = SaferClassifier(sc.base_logits, PerturbationTable.load(cfg.safer_table)), sc.num_labels
+
+        def recheck_safer(i, text):
+            return int(np.argmax(safer_scorer(safer, (cfg.seed, 1, i), cfg.n, cfg.ensemble, c)([text])[0]))
+
+        return ((lambda i: safer_scorer(safer, (cfg.seed, 0, i), cfg.n, rule, c)), recheck_safer,
+                (lambda i: safer_scorer(safer, (cfg.seed, 2, i), cfg.n, cfg.ensemble, c)) if cfg.search_ensemble
+                else None)
 
     def make(i):
         key = jax.random.fold_in(jax.random.fold_in(root, 0), i)
@@ -227,6 +249,8 @@ def attack_dataset(cfg: AttackConfig) -> dict:
         indices = select_indices(len(ds), cfg.num_examples, cfg.seed, cfg.grow_from)
         selected = [[int(i), ds.examples[i].text, ds.examples[i].label] for i in indices]
         kw, mlms, fingerprints = {}, dict(settings["mlms"]), {"model_fingerprint": settings["model_fingerprint"]}
+        if cfg.safer_table is not None:  # the table decides the copies: it binds the rows too
+            fingerprints["safer_table_fingerprint"] = fingerprint_files([Path(cfg.safer_table)])
         if cfg.recipe == "bert-attack":  # its candidates come from this masked LM: its weights bind the rows too
             model, tok, files = load_mlm(cfg.attack_mlm, cfg)
             kw = {"mlm": (model, tok), "max_len": min(256, model.cfg.max_positions), "subwords": cfg.mlm_subwords}
@@ -336,6 +360,7 @@ def write_summary(out: Path, rows: list[dict], cfg: AttackConfig, settings: dict
 
     s = summarize(rows)
     defense = "plain model" if cfg.ensemble == "none" else (
+        f"SAFER {cfg.ensemble}, n={cfg.n} ({Path(cfg.safer_table).name})" if cfg.safer_table else
         ("MaskPure" if cfg.purifier else "RanMASK") + f"-{settings['rho']} {cfg.ensemble}, n={cfg.n}"
         + (" + LM sampling" if cfg.sampling == "lm" else "") + f", {cfg.oracle} oracle"
         + (f"; adaptive: the search reads {cfg.search_ensemble}, {cfg.ensemble} of fresh copies judges"

@@ -17,6 +17,8 @@ and 5), as the original RanMASK code trains them (``trainer/gradient.py``, ``pgd
   never swapped; the original swaps and then restores them, which can leave fewer than its count of changes.
 
 * **Adversarial data augmentation** changes the training set, not the loss: ``attacks/augment.py``.
+* **SAFER** trains on random substitutions of every word from its perturbation table, a new draw per text and step
+  (``ranmask_jax/safer.py``; ``ClassifierTask.host_batch``).
 
 Both the clean input and the perturbed one are what ``ClassifierTask.inputs`` gives: with ``rho > 0`` the defense
 applies to the masked copy (the paper's baselines train at ``rho = 0``).
@@ -31,7 +33,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-METHODS = ("pgd", "freelb", "hotflip", "augment")  # augment: a training set, not a loss (attacks/augment.py)
+# augment: a training set, not a loss (attacks/augment.py); safer: random substitutions of the training texts
+METHODS = ("pgd", "freelb", "hotflip", "augment", "safer")
 NORMS = ("l2", "linf")
 # the original code's values (args.py; FreeLB's own from its comments there; PGD-10 in the paper is steps=10)
 DEFAULTS = {
@@ -39,9 +42,10 @@ DEFAULTS = {
     "freelb": {"adv_steps": 5, "adv_lr": 0.03, "adv_init_mag": 0.05, "adv_max_norm": 0.0, "adv_norm": "l2"},
     "hotflip": {"adv_steps": 3, "adv_change_rate": 0.2},
     "augment": {"augment_from": None, "augment_recipe": "pwws", "augment_share": 0.5},
+    "safer": {"safer_table": None},
 }
 FIELDS = ("adv_steps", "adv_lr", "adv_init_mag", "adv_max_norm", "adv_norm", "adv_change_rate", "augment_from",
-          "augment_recipe", "augment_share")
+          "augment_recipe", "augment_share", "safer_table")
 
 
 def resolve(defense: str, given: dict) -> dict:
@@ -70,6 +74,11 @@ def resolve(defense: str, given: dict) -> dict:
         if not 0.0 < out["augment_share"] <= 1.0:
             raise ValueError(f"augment_share must be in (0, 1], got {out['augment_share']}")
         return out
+    if defense == "safer":
+        if not out["safer_table"]:
+            raise ValueError("--defense safer needs --safer-table TABLE: a perturbation table "
+                             "(experiments/safer_table.py)")
+        return out
     if out["adv_steps"] < 1:
         raise ValueError(f"adv_steps must be >= 1, got {out['adv_steps']}")
     if defense == "hotflip":
@@ -97,7 +106,7 @@ class Adversary:
     def from_config(cls, cfg) -> Adversary | None:
         """The adversary of a ``TrainConfig`` (None without one: no defense, or augmentation, which changes the
         training set and not the loss); its fields are already resolved."""
-        if cfg.defense in ("none", "augment"):
+        if cfg.defense in ("none", "augment", "safer"):
             return None
         s = {k: getattr(cfg, k) for k in DEFAULTS[cfg.defense]}
         return cls(method=cfg.defense, **{k.removeprefix("adv_"): v for k, v in s.items()})

@@ -28,7 +28,7 @@ from ranmask_jax import distributed, metrics
 from ranmask_jax.config import CertifyConfig, check_resume_config
 from ranmask_jax.data import DataError, read_lines
 from ranmask_jax.engine import NonFiniteLogits
-from ranmask_jax.files import RowFile, fingerprint_rows, read_rows, write_text
+from ranmask_jax.files import RowFile, fingerprint_files, fingerprint_rows, read_rows, write_text
 from ranmask_jax.progress import Heartbeat
 from ranmask_jax.runs import (
     dataset_title,
@@ -78,6 +78,8 @@ def certify_dataset(cfg: CertifyConfig) -> dict:
         check_resume_config(out / "certify_config.json", cfg, RESUMABLE_CHANGES,
                             started=bool(rowfile.rows or others), write=rank == 0,
                             extra={"model_fingerprint": settings["model_fingerprint"],
+                                   **({"safer_table_fingerprint": fingerprint_files([Path(cfg.safer_table)])}
+                                      if cfg.safer_table else {}),
                                    "data_fingerprint": fingerprint_rows(selected), "model_probe": probe,
                                    **({"mlm_probe": mlm_now} if mlm_now else {})},
                             same_model=lambda stored: {"probe_difference": same_probe(stored, probe,
@@ -136,6 +138,8 @@ def certify_dataset(cfg: CertifyConfig) -> dict:
 def _scorer(cfg: CertifyConfig, sc: SmoothedClassifier, ds):
     """``score(indices) -> rows``: certify (or, with ``accuracy_only``, classify) the texts at ``indices``, each with
     its own key ``fold_in(seed, index)``, so a text's row does not depend on which others share its device step."""
+    if cfg.safer_table:
+        return _safer_scorer(cfg, sc, ds)
     root = jax.random.key(cfg.seed)
     # exact mode when enumerating costs no more copies than sampling would: n (certify) or n0 (accuracy only)
     thr = (cfg.n0 if cfg.accuracy_only else cfg.n) if cfg.exact_threshold is None else cfg.exact_threshold
@@ -161,6 +165,57 @@ def _scorer(cfg: CertifyConfig, sc: SmoothedClassifier, ds):
         return [_certificate_row(i, ex, cert, cfg) for i, ex, cert in zip(group, exs, certs, strict=True)]
 
     return score
+
+
+def _safer_scorer(cfg: CertifyConfig, sc: SmoothedClassifier, ds):
+    """``_scorer`` for SAFER's smoothed classifier: text i's copies draw from ``default_rng([seed, i])``."""
+    from ranmask_jax.safer import PerturbationTable, SaferClassifier
+
+    safer = SaferClassifier(sc.base_logits, PerturbationTable.load(cfg.safer_table))
+
+    def score(group: list[int]) -> list[dict]:
+        rows = []
+        for i in group:
+            ex, rng = ds.examples[i], np.random.default_rng([cfg.seed, i])
+            if ex.text_pair is not None:
+                raise DataError(f"{ds.source}: SAFER certifies single texts; sentence pairs are not supported")
+            if cfg.accuracy_only:
+                counts = np.bincount(safer.copy_logits(ex.text, rng, cfg.n0).argmax(-1), minlength=sc.num_labels)
+                pred = int(counts.argmax())
+                rows.append({"index": i, "label": ex.label, "prediction": pred, "correct": pred == ex.label,
+                             "counts": counts.tolist(), "n": cfg.n0})
+                continue
+            cert = safer.certify(ex.text, rng, n0=cfg.n0, n=cfg.n, alpha=cfg.alpha)
+            counts = np.zeros(sc.num_labels, int)
+            counts[: len(cert.counts)] = cert.counts
+            rows.append({"index": i, "label": ex.label, "prediction": cert.label, "correct": cert.label == ex.label,
+                         "counts": counts.tolist(), "n": cfg.n, "n0": cfg.n0, "p_lower": cert.p_lower,
+                         "tv_bound": cert.tv_bound, "certified": bool(cert.certified and cert.label == ex.label),
+                         "text": ex.text})
+        return rows
+
+    return score
+
+
+def _safer_summary(out: Path, rows: list[dict], cfg: CertifyConfig, ds) -> dict:
+    """SAFER's certified accuracy: the share of texts g gets right with a certificate against every substitution
+    of the table."""
+    tv = [r["tv_bound"] for r in rows]
+    summary = {"n": len(rows), "accuracy": float(np.mean([r["correct"] for r in rows])),
+               "certified_accuracy": float(np.mean([r["certified"] for r in rows])),
+               "abstained": sum(r["prediction"] == -1 for r in rows),
+               "tv_bound_median": float(np.median(tv)), "tv_bound_zero": float(np.mean(np.asarray(tv) == 0)),
+               "seconds_total": round(sum(r["seconds"] for r in rows), 2), "safer_table": cfg.safer_table,
+               "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("predict", "radius")}}
+    write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text(out / "table.md", f"SAFER on {dataset_title(ds)} ({len(rows)} texts; n0 = {cfg.n0}, n = {cfg.n}, "
+                                 f"alpha = {cfg.alpha}; table {Path(cfg.safer_table).name})\n\n"
+                                 "| accuracy of g % | certified accuracy % | abstained | median TV bound | "
+                                 "TV bound 0 % |\n|---|---|---|---|---|\n"
+                                 f"| {100 * summary['accuracy']:.1f} | {100 * summary['certified_accuracy']:.1f} | "
+                                 f"{summary['abstained']} | {summary['tv_bound_median']:.3f} | "
+                                 f"{100 * summary['tv_bound_zero']:.1f} |\n")
+    return summary
 
 
 def _certificate_row(i: int, ex, cert, cfg: CertifyConfig) -> dict:
@@ -192,6 +247,8 @@ def _row_files(out: Path) -> list[Path]:
 
 def write_summary(out: Path, rows: list[dict], cfg: CertifyConfig, settings: dict, ds) -> dict:
     name = dataset_title(ds)
+    if cfg.safer_table and not cfg.accuracy_only:
+        return _safer_summary(out, rows, cfg, ds)
     if cfg.accuracy_only:
         summary = {"n": len(rows), "accuracy": float(np.mean([r["correct"] for r in rows])),
                    "seconds_total": round(sum(r["seconds"] for r in rows), 2), "rho": settings["rho"],

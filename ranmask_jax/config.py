@@ -85,7 +85,8 @@ class TrainConfig:
     dropout: float | None = opt(None, "override the model's hidden and attention dropout")
     defense: str = opt("none", "adversarial training on top of the masked training (the paper's baselines use it "
                                "with --rho 0): none, pgd (PGD-K on the word embeddings), freelb, hotflip "
-                               "(Adv-HotFlip), augment (adversarial data augmentation)")
+                               "(Adv-HotFlip), augment (adversarial data augmentation), safer (random word "
+                               "substitutions)")
     adv_steps: int | None = opt(None, "pgd/freelb: ascent steps; hotflip: swap rounds (default: pgd 3 (the paper's "
                                       "PGD-10: 10), freelb 5, hotflip 3)")
     adv_lr: float | None = opt(None, "pgd/freelb: ascent step size on the normalised gradient (default: pgd 0.3, "
@@ -101,6 +102,7 @@ class TrainConfig:
                                            "original code's)")
     augment_share: float | None = opt(None, "augment: share of the training set attacked, and share kept beside "
                                             "the attacked texts (independent draws; default 0.5)")
+    safer_table: str | None = opt(None, "safer: the perturbation table (JSON, experiments/safer_table.py)")
     seed: int = opt(0, "root seed: data order, masks, dropout, head initialisation")
     eval_n: int = opt(16, "masked copies per dev text for the smoothed (vote) accuracy; 0: masked accuracy only")
     eval_examples: int = opt(200, "dev texts used for the smoothed accuracy (the masked accuracy uses all)")
@@ -151,6 +153,8 @@ class TrainConfig:
             setattr(self, name, value)  # the resolved values are what train_config.json records
         if self.augment_from:
             self.augment_from = normal_path(self.augment_from)
+        if self.safer_table:
+            self.safer_table = normal_path(self.safer_table)
 
 
 @dataclasses.dataclass
@@ -242,6 +246,10 @@ class CertifyConfig(SmoothedRunConfig):
     predict: str | None = opt(None, "classify raw texts from this file ('-': stdin), one per line "
                                     "(pairs: premise<TAB>hypothesis), instead of certifying a dataset")
     radius: bool = opt(False, "with --predict: also certify g's answer and report its radius")
+    safer_table: str | None = opt(None, "certify SAFER's smoothed classifier instead of RanMASK's: random substitution "
+                                        "copies from this perturbation table (experiments/safer_table.py), each "
+                                        "classified unmasked; a text is certified against substitutions of any "
+                                        "number of its words (docs/DEFENSES.md)")
     coordinator_address: str | None = opt(None, "multi-process runs: HOST:PORT of process 0 (default: "
                                                 "$JAX_COORDINATOR_ADDRESS; unset: one process)")
     num_processes: int | None = opt(None, "multi-process runs: how many processes (default: $JAX_NUM_PROCESSES)")
@@ -270,6 +278,11 @@ class CertifyConfig(SmoothedRunConfig):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         check_exact_threshold(self.exact_threshold)
+        if self.safer_table:
+            self.safer_table = normal_path(self.safer_table)
+            if self.plan != "fixed" or self.predict is not None or self.purifier or self.sampling != "uniform":
+                raise ValueError("--safer-table certifies with the fixed plan on a dataset split; it takes neither "
+                                 "--plan sequential, --predict, --purifier nor --sampling lm")
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:

@@ -40,6 +40,7 @@ from ranmask_jax.progress import Heartbeat
 log = logging.getLogger(__name__)
 
 # config fields that may change between a run and its resumption (they do not change the trajectory)
+SAFER_STREAM = 0x5AFE  # the substitution draws' own random stream under (seed, step)
 RESUMABLE_CHANGES = ("data_dir", "log_every", "allow_pickle", "coordinator_address", "num_processes", "process_id")
 
 
@@ -126,15 +127,23 @@ def train_keep_sets(cfg: TrainConfig) -> UniformKeepSets:
 
 
 def encode_dataset(ds: Dataset, tokenizer, cfg: TrainConfig) -> EncodedSet:
-    encs: list[EncodedText] = []
-    for e in ds.examples:
-        enc = encode(tokenizer, e.text, e.text_pair, mask_side=cfg.mask_side)
-        check_max_len(enc, cfg.max_len)
-        encs.append(enc)
+    encs = [encode(tokenizer, e.text, e.text_pair, mask_side=cfg.mask_side) for e in ds.examples]
     longer = sum(e.num_tokens > cfg.max_len for e in encs)
     if longer:
         log.info("%s/%s: %d of %d texts are longer than max_len=%d tokens: all their words are masked, then each "
                  "masked copy is cut to max_len", ds.name, ds.split, longer, len(encs), cfg.max_len)
+    return _encoded_set(encs, ds.examples, cfg)
+
+
+def encode_examples(examples, tokenizer, cfg: TrainConfig) -> EncodedSet:
+    """``encode_dataset`` of a list of ``Example``s (SAFER's substituted batch)."""
+    return _encoded_set([encode(tokenizer, e.text, e.text_pair, mask_side=cfg.mask_side) for e in examples],
+                        examples, cfg)
+
+
+def _encoded_set(encs: list[EncodedText], examples, cfg: TrainConfig) -> EncodedSet:
+    for enc in encs:
+        check_max_len(enc, cfg.max_len)
     fields = {"token_ids": "token_ids", "token_type_ids": "token_type_ids", "word_index": "word_index",
               "first_of_word": "first_of_word", "has_token": "has_token", "segment": "segment"}
     h = np.array([e.h for e in encs], np.int32)
@@ -142,7 +151,7 @@ def encode_dataset(ds: Dataset, tokenizer, cfg: TrainConfig) -> EncodedSet:
         slots={name: np.concatenate([getattr(e, attr) for e in encs]) for name, attr in fields.items()},
         starts=np.concatenate([[0], np.cumsum([len(e.token_ids) for e in encs])]).astype(np.int64),
         h=h, k=np.array([train_keep_sets(cfg).k(int(x)) for x in h], np.int32),
-        labels=np.array([e.label for e in ds.examples], np.int32))
+        labels=np.array([e.label for e in examples], np.int32))
 
 
 def mask_batch(key: jax.Array, batch: dict, keep_sets: UniformKeepSets, mask_id: int, pad_id: int, max_len: int):
@@ -203,6 +212,11 @@ class ClassifierTask:
     def __init__(self, cfg: TrainConfig):
         self.cfg, self.keep_sets = cfg, train_keep_sets(cfg)
         self.adversary = adversarial.Adversary.from_config(cfg)
+        self.safer = None
+        if cfg.defense == "safer":
+            from ranmask_jax.safer import PerturbationTable
+
+            self.safer = PerturbationTable.load(cfg.safer_table)
         self._eval_logits = self._smoothed = self._candidates = None
 
     def check(self, train_ds: Dataset) -> None:
@@ -215,6 +229,26 @@ class ClassifierTask:
 
     def encode(self, ds: Dataset, tokenizer) -> EncodedSet:
         return encode_dataset(ds, tokenizer, self.cfg)
+
+    def host_batch(self, tr: Trainer, idx: np.ndarray, step: int) -> dict:
+        """The device batch of training texts ``idx`` at ``step``: as encoded, or with SAFER each text's words
+        substituted from the table (a draw of its own per step, from the seed and the step)."""
+        if self.safer is None:
+            return tr.device_batch(tr.train, idx)
+        from ranmask_jax.data import Example
+
+        rng = np.random.default_rng([self.cfg.seed, step, SAFER_STREAM])
+        side = self.cfg.mask_side
+        drawn = []
+        for i in idx:
+            e = tr.train_ds.examples[i]
+            text, pair = e.text, e.text_pair
+            if pair is None or side in ("first", "both"):
+                text = self.safer.copies(text, rng, 1)[0]
+            if pair is not None and side in ("second", "both"):
+                pair = self.safer.copies(pair, rng, 1)[0]
+            drawn.append(Example(text, e.label, pair))
+        return tr.device_batch(encode_examples(drawn, tr.tokenizer, self.cfg), np.arange(len(idx)))
 
     def inputs(self, tr: Trainer, batch: dict, key: jax.Array) -> tuple[tuple, jax.Array, dict]:
         """(the model's inputs, the dropout key, extra metrics) of one training step."""
@@ -348,6 +382,9 @@ class MLMTask:
 
     def grads(self, tr: Trainer, params, rest, inputs: tuple, batch: dict, k_drop: jax.Array):
         return plain_grads(tr, self.loss, params, rest, inputs, batch, k_drop)
+
+    def host_batch(self, tr: Trainer, idx: np.ndarray, step: int) -> dict:
+        return tr.device_batch(tr.train, idx)
 
     def loss(self, model, inputs: tuple, batch: dict) -> tuple[jax.Array, dict]:
         from ranmask_jax import mlm
@@ -592,7 +629,7 @@ class Trainer:
                 order_epoch, order = epoch, epoch_order(cfg.seed, epoch, len(self.train), self.train.lengths,
                                                         cfg.batch_size, cfg.group_by_length)
             idx = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
-            batch = self.device_batch(self.train, idx)
+            batch = self.task.host_batch(self, idx, step)
             self.params, self.opt_state, m = self._train_step(self.params, self.opt_state, self.rest, batch,
                                                               jax.random.fold_in(self.root, step))
             step += 1

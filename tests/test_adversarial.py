@@ -325,3 +325,38 @@ def test_augmented_training_set_is_rebuilt_identically_and_resumes(tiny_setup, t
     before = (aug / "attack" / "attack.jsonl").read_bytes()
     Trainer(TrainConfig(**{**base, **flags})).run()  # resumes: finished run, the attack rows untouched
     assert (aug / "attack" / "attack.jsonl").read_bytes() == before
+
+
+def test_safer_training_substitutes_from_the_table_per_step(tiny_setup, tmp_path):  # noqa: F811
+    from ranmask_jax.config import TrainConfig
+    from ranmask_jax.safer import PerturbationTable
+    from ranmask_jax.train import Trainer
+
+    sets = {"film": ["film", "movie", "picture"], "movie": ["movie", "film", "picture"],
+            "picture": ["picture", "film", "movie"], "plot": ["plot", "story"], "story": ["story", "plot"]}
+    table = PerturbationTable({w: [u for u in s if u != w] for w, s in sets.items()}, sets)
+    table.save(tmp_path / "table.json")
+    base = dataclasses.asdict(train_config(tiny_setup, tmp_path / "safer"))
+    cfg = TrainConfig(**{**base, "defense": "safer", "safer_table": str(tmp_path / "table.json"), "rho": 0.0,
+                         "max_steps": 3, "eval_n": 0})
+    tr = Trainer(cfg)
+    idx = np.arange(8)
+    a, again, other = (tr.task.host_batch(tr, idx, s) for s in (5, 5, 6))
+    assert all(np.array_equal(a[k], again[k]) for k in a)  # a function of (seed, step)
+    assert not np.array_equal(a["token_ids"], other["token_ids"])
+
+    def words(batch, row):
+        return tr.tokenizer.decode(batch["token_ids"][row], skip_special_tokens=True).split()
+
+    plain = tr.device_batch(tr.train, idx)
+    changed = 0
+    for row in range(8):
+        new, old = words(a, row), words(plain, row)
+        assert len(new) == len(old)
+        for w, v in zip(new, old, strict=True):
+            assert w == v or (v in sets and w in sets[v])
+            changed += w != v
+    assert changed > 0
+    assert tr.run()["steps"] == 3
+    with pytest.raises(ValueError, match="needs --safer-table"):
+        TrainConfig(**{**base, "defense": "safer"})

@@ -811,3 +811,32 @@ def test_pwws_recipe_spares_stopwords(tiny_wordnet):
     assert [all(p(t, i) for p in recipe.pre) for i in range(3)] == [False, True, True]
     assert recipe.transformation(t, 1, None) == []  # "good" has only itself in its synset here
     assert recipe.transformation(t, 0, None) == []
+
+
+def test_attack_on_safer_draws_substitution_copies_and_resumes(trained_run, tiny_setup, tmp_path):  # noqa: F811
+    """SAFER's smoothed classifier under attack: each distinct text costs n copies (the cache oracle), every copy
+    classified unmasked; the table's file binds the rows (another table cannot resume them)."""
+    from ranmask_jax.safer import PerturbationTable
+
+    sets = {"film": ["film", "movie"], "movie": ["movie", "film"], "plot": ["plot", "story"],
+            "story": ["story", "plot"]}
+    PerturbationTable({w: [u for u in s if u != w] for w, s in sets.items()}, sets).save(tmp_path / "t.json")
+    out = tmp_path / "safer"
+    args = attack_args(trained_run, tiny_setup, out, "--ensemble", "vote", "--n", "8", "--safer-table",
+                       str(tmp_path / "t.json"))
+    r = attack_cli(args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(x) for x in (out / "attack.jsonl").read_text().splitlines()]
+    assert len(rows) == 4
+    for row in rows:
+        assert row["queries"] <= row["forward_passes"] <= 8 * row["queries"] or row["status"] == "skipped"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["defense"].startswith("SAFER vote, n=8") and "SAFER vote" in (out / "table.md").read_text()
+    assert attack_cli(args).returncode == 0 and (out / "attack.jsonl").read_text().count("\n") == 4
+    sets["plot"] = ["plot", "story", "film"]
+    PerturbationTable({"plot": ["story"], "story": ["plot"]}, sets).save(tmp_path / "t.json")
+    changed = attack_cli(args)
+    assert changed.returncode == 2 and "different config" in changed.stderr
+    bad = attack_cli(attack_args(trained_run, tiny_setup, tmp_path / "x", "--ensemble", "none", "--safer-table",
+                                 str(tmp_path / "t.json")))
+    assert bad.returncode == 2 and "give --ensemble" in bad.stderr and "Traceback" not in bad.stderr

@@ -214,3 +214,36 @@ def test_resume_on_other_weights_only_if_they_answer_the_same(certified, trained
     with pytest.raises(ValueError, match=rf"model weights changed: .* text {other['index']}: prediction"):
         certify_mod.certify_dataset(cfg)
     assert len((d / "certify.jsonl").read_text().splitlines()) == 3
+
+
+def test_safer_certification_rows_and_summary(trained_run, tiny_setup, tmp_path):  # noqa: F811
+    """certify.py --safer-table: one row per text with SAFER's bound and certificate, each text's copies from its own
+    seed (a rerun gives the same rows); the table binds the run."""
+    import json
+
+    from ranmask_jax.safer import PerturbationTable
+
+    sets = {"film": ["film", "movie"], "movie": ["movie", "film"], "plot": ["plot", "story", "scene"],
+            "story": ["story", "plot"], "scene": ["scene", "plot", "story"]}
+    PerturbationTable({"film": ["movie"], "movie": ["film"], "plot": ["story"], "story": ["plot"]},
+                      sets).save(tmp_path / "t.json")
+    out = tmp_path / "safer"
+    args = certify_args(trained_run, tiny_setup, out, "--safer-table", str(tmp_path / "t.json"))
+    res = run_cli("certify.py", args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [json.loads(x) for x in (out / "certify.jsonl").read_text().splitlines()]
+    assert len(rows) == 6
+    table = PerturbationTable.load(tmp_path / "t.json")
+    for r in rows:
+        assert sum(r["counts"]) == 40 and r["tv_bound"] == table.text_bound(r["text"])
+        assert r["certified"] == (r["correct"] and r["p_lower"] - r["tv_bound"] > 0.5)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["certified_accuracy"] == sum(r["certified"] for r in rows) / 6
+    assert "SAFER on" in (out / "table.md").read_text()
+    again = run_cli("certify.py", certify_args(trained_run, tiny_setup, tmp_path / "again", "--safer-table",
+                                               str(tmp_path / "t.json")))
+    assert again.returncode == 0
+    assert [json.loads(x)["counts"] for x in (tmp_path / "again" / "certify.jsonl").read_text().splitlines()] == [
+        r["counts"] for r in rows]
+    bad = run_cli("certify.py", [*args, "--plan", "sequential"])
+    assert bad.returncode == 2 and "--safer-table certifies with the fixed plan" in bad.stderr

@@ -122,3 +122,36 @@ def test_substitution_copies_are_uniform_over_each_set(table, tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="not a SAFER perturbation table"):
         PerturbationTable.load(tmp_path / "bad.json")
+
+
+def test_safer_classifier_certifies_soundly_against_the_exact_vote(table):
+    """A base classifier over the substitution copies whose exact p_A is known by enumeration: where the certificate
+    holds, every perturbation keeps g's class by the exact vote (alpha = 0.05 over 40 seeded texts allows
+    at most a couple of false certificates; the check asks for none at these margins)."""
+    from ranmask_jax.safer import SaferClassifier
+
+    def f_label(text):
+        w = text.split()
+        return 0 if ("okay" in w or "grand" in w) else 1
+
+    def logits_fn(texts):
+        return np.array([[1.0, 0.0] if f_label(t) == 0 else [0.0, 1.0] for t in texts])
+
+    def exact_p(words, c):
+        return sum(p for cp, p in exact_copy_distribution(table, words).items() if f_label(" ".join(cp)) == c)
+
+    sc = SaferClassifier(logits_fn, table, batch_size=64)
+    rng = np.random.default_rng(0)
+    n_cert = 0
+    for words in itertools.product(["good", "fine", "movie"], ["big", "large", "huge", "plot"]):
+        text = " ".join(words)
+        cert = sc.certify(text, rng, n0=50, n=400)
+        assert cert.tv_bound == pytest.approx(table.tv_bound(words))
+        if cert.certified:
+            n_cert += 1
+            assert all(exact_p(o, cert.label) > 0.5 for o in perturbations(table, words)), text
+        assert abs(cert.counts[1] / 400 - exact_p(words, 1)) < 0.1  # the estimate is of the exact vote share
+    assert n_cert >= 2
+    s = sc.scores("good big", rng, 400, "vote")
+    assert s.sum() == pytest.approx(1.0) and abs(s[1] - exact_p(("good", "big"), 1)) < 0.1
+    assert sc.scores("movie plot", rng, 10, "logit")[1] > 0.5  # no word has a set: every copy is the text
