@@ -64,22 +64,22 @@ class WordNet:
             return {p[0]: p[1:] for p in (line.split() for line in f) if len(p) > 1}
 
     # WordNet's morphy: exception lists, then suffix detachment rules, keeping forms that are in the index
-    _RULES = {"n": [("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"),
+    _RULES = {"n": [("s", ""), ("ses", "s"), ("ves", "f"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"),
                     ("men", "man"), ("ies", "y")],
               "v": [("s", ""), ("ies", "y"), ("es", "e"), ("es", ""), ("ed", "e"), ("ed", ""), ("ing", "e"),
                     ("ing", "")],
               "a": [("er", ""), ("est", ""), ("er", "e"), ("est", "e")], "r": []}
 
     def base_forms(self, word: str, pos: str) -> set[str]:
+        """The word and its base forms that WordNet lists under ``pos``, as NLTK's ``morphy`` (3.10) finds them: the
+        exception list's forms when the word has an entry there, else the suffix rules applied once."""
         word = word.lower()
-        out = {word} & self.lemmas[pos]
-        out |= set(self.exceptions[pos].get(word, [])) & self.lemmas[pos]
-        for suffix, repl in self._RULES[pos]:
-            if word.endswith(suffix) and len(word) > len(suffix):
-                form = word[: len(word) - len(suffix)] + repl
-                if form in self.lemmas[pos]:
-                    out.add(form)
-        return out
+        if word in self.exceptions[pos]:
+            forms = self.exceptions[pos][word]
+        else:
+            forms = [word[: len(word) - len(suffix)] + repl for suffix, repl in self._RULES[pos]
+                     if word.endswith(suffix)]
+        return {f for f in [word, *forms] if f in self.lemmas[pos]}
 
     def pos(self, word: str) -> set[str]:
         """The parts of speech (n, v, a, r) WordNet knows for ``word`` or its base forms."""

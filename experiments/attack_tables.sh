@@ -7,7 +7,9 @@
 # when NUM is raised later). DEFENSE: none (the plain model), vote / logit (RanMASK, 100 copies
 # per query), lm-vote / lm-logit (RanMASK with LM-based sampling), adaptive (RanMASK vote, the search reading the
 # mean probabilities), maskpure-MODE (MODE: prob, majority, onehot, vote, logit; MaskPure: 30% of words masked and
-# refilled by the masked LM, 11 voters). ORACLE (default cache, the paper's; fresh, common, shared) answers the
+# refilled by the masked LM, 11 voters), safer-vote / safer-logit (SAFER: 100 substitution copies from SAFER_TABLE,
+# default RUNS_DIR/RUN/safer-table.json). The adversarially trained baselines (train.py --defense) are runs attacked
+# with DEFENSE none, e.g. sst2:sst2-pgd10:textfooler:none. ORACLE (default cache, the paper's; fresh, common, shared) answers the
 # smoothed classifier's queries; a cell under another oracle than cache writes to attack-RECIPE-DEFENSE-ORACLE.
 # GROW_FROM=100 with NUM_EXAMPLES=200: the 200 texts contain the 100 of the cells drawn with NUM_EXAMPLES=100. The masked-LM run of a
 # dataset (LM sampling, MaskPure, bert-attack's candidates) is RUNS_DIR/agnews-mlm or RUNS_DIR/sst2-mlm unless
@@ -28,6 +30,7 @@ for cell in "$@"; do
         adaptive) flags=(--ensemble vote --n 100 --search-ensemble prob) ;;
         lm-*) flags=(--ensemble "${defense#lm-}" --n 100 --sampling lm --lm "$mlm") ;;
         maskpure-*) flags=(--ensemble "${defense#maskpure-}" --n 11 --rho 0.3 --purifier "$mlm") ;;
+        safer-*) flags=(--ensemble "${defense#safer-}" --n 100 --safer-table "${SAFER_TABLE:-$RUNS/$run/safer-table.json}") ;;
         *) echo "unknown defense $defense in $cell" >&2; exit 2 ;;
     esac
     [ "$recipe" != bert-attack ] || flags+=(--attack-mlm "$mlm")
