@@ -5,9 +5,9 @@ written); OUT/summary.json has per oracle the success rate, mean queries, forwar
 example, the ratios against the first oracle, and each oracle's agreement with the first on the same texts (exact
 McNemar test of the successes, docs/BENCHMARKS.md).
 
-The oracle ``textattack`` is the peer: TextAttack 0.3.11's DeepWordBug on the same texts against the same smoothed
-classifier in PyTorch, run by ``textattack_peer.py`` in the environment ``--peer-python`` names (its docstring says
-how to make it); the peer's rows take their turn in the rotation like the others.
+The oracle ``textattack`` is the peer: TextAttack 0.3.11's DeepWordBug (or PWWS) on the same texts against the same
+smoothed classifier (or plain model) in PyTorch, run by ``textattack_peer.py`` in the environment ``--peer-python``
+names (its docstring says how to make it); the peer's rows take their turn in the rotation like the others.
 
     python benchmarks/attack_oracles.py --run-dir runs/agnews-rho0.9 --dataset ag_news --recipe deepwordbug \\
         --oracles fresh,cache,common --texts 50 --out docs/runs/agnews-rho0.9/bench-oracles-deepwordbug
@@ -100,13 +100,13 @@ def start_peer(args, cfg, sc):
 
     from ranmask_jax.models.pretrained import resolve
 
-    if args.recipe != "deepwordbug" or args.ensemble != "vote":
-        raise SystemExit("the textattack peer runs DeepWordBug against the vote ensemble only")
+    if args.recipe not in ("deepwordbug", "pwws") or args.ensemble not in ("vote", "none"):
+        raise SystemExit("the textattack peer runs DeepWordBug or PWWS against the vote ensemble or the plain model")
     if not args.peer_python:
         raise SystemExit("oracle textattack needs --peer-python (the python of a TextAttack 0.3.11 environment)")
     cmd = [args.peer_python, str(Path(__file__).with_name("textattack_peer.py")), "--model-dir",
            str(resolve(cfg.run_dir)[0]), "--rho", str(sc.keep_sets.rho), "--n", str(args.n), "--max-len",
-           str(sc.max_len), "--seed", str(cfg.seed)]
+           str(sc.max_len), "--seed", str(cfg.seed), "--recipe", args.recipe, "--ensemble", args.ensemble]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, stderr=sys.stderr)
     ready = json.loads(proc.stdout.readline() or "{}")
     if not ready.get("ready"):

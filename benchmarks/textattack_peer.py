@@ -1,11 +1,16 @@
-"""The peer of the attack benchmark: TextAttack 0.3.11's own DeepWordBug recipe attacking the same smoothed classifier
-written in PyTorch the way the original RanMASK code runs it (each query: n masked copies of the text as strings,
-each masked word written as the mask token, one tokenizer call, batches padded to their longest copy, the votes
-counted). It runs in its own environment, since TextAttack 0.3.11 needs transformers 4:
+"""The peer of the attack benchmark: TextAttack 0.3.11's own DeepWordBug (or PWWS) recipe attacking the same smoothed
+classifier written in PyTorch the way the original RanMASK code runs it (each query: n masked copies of the text as
+strings, each masked word written as the mask token, one tokenizer call, batches padded to their longest copy, the
+votes counted), or with ``--ensemble none`` the plain model (softmax of its logits on the text). It runs in its own
+environment, since TextAttack 0.3.11 needs transformers 4:
 
     python -m venv tavenv && tavenv/bin/pip install textattack==0.3.11 "transformers<5" torch==2.13.0
     mkdir -p nltk_data/corpora/stopwords
-    cp attacks/data/stopwords-nltk-english.txt nltk_data/corpora/stopwords/english
+    python -c "from attacks.resources import stopwords; print('\\n'.join(sorted(stopwords('nltk'))))" \\
+        > nltk_data/corpora/stopwords/english
+
+(NLTK reads one word per line: the project's list file holds several per line, and copied as it is NLTK would read
+its 10 lines as 10 "stopwords", which is how the first side-by-side run of 2026-12-07 went wrong.)
 
 and is driven by ``attack_oracles.py --oracles ...,textattack --peer-python tavenv/bin/python`` (with
 ``NLTK_DATA=nltk_data``): one JSON request per line on stdin (``{"index", "text", "label"}``), one JSON row per line
@@ -38,12 +43,15 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--recipe", choices=("deepwordbug", "pwws"), default="deepwordbug",
+                   help="pwws needs NLTK's WordNet under $NLTK_DATA (experiments/wordnet_parity.py says how)")
+    p.add_argument("--ensemble", choices=("vote", "none"), default="vote")
     args = p.parse_args()
 
     import textattack
     import torch
     import transformers
-    from textattack.attack_recipes import DeepWordBugGao2018
+    from textattack.attack_recipes import DeepWordBugGao2018, PWWSRen2019
     from textattack.attack_results import FailedAttackResult, SkippedAttackResult, SuccessfulAttackResult
     from textattack.models.wrappers import ModelWrapper
     from textattack.shared import AttackedText
@@ -85,9 +93,20 @@ def main() -> None:
             self.model = model
 
         def __call__(self, text_input_list, **kwargs):
-            return vote_shares([t if isinstance(t, str) else " ".join(t) for t in text_input_list])
+            texts = [t if isinstance(t, str) else " ".join(t) for t in text_input_list]
+            return vote_shares(texts) if args.ensemble == "vote" else plain(texts)
 
-    attack = DeepWordBugGao2018.build(Smoothed())
+    @torch.no_grad()
+    def plain(texts: list[str]) -> np.ndarray:
+        state["copies"] += len(texts)
+        out = []
+        for s in range(0, len(texts), args.batch_size):
+            enc = tok(texts[s:s + args.batch_size], padding=True, truncation=True, max_length=args.max_len,
+                      return_tensors="pt")
+            out.append(torch.softmax(model(**enc).logits, -1).numpy())
+        return np.concatenate(out)
+
+    attack = {"deepwordbug": DeepWordBugGao2018, "pwws": PWWSRen2019}[args.recipe].build(Smoothed())
     print(json.dumps({"ready": True, "textattack": getattr(textattack, "__version__", "0.3.11"),
                       "transformers": transformers.__version__, "torch": torch.__version__}), flush=True)
     for line in sys.stdin:
