@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from collections import Counter
@@ -24,13 +23,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-_CORE = re.compile(r"^\W*(.*?)\W*$", re.S)
-
-
 def cores(text: str) -> list[str]:
-    from ranmask_jax.masking import split_words
+    """The text's lower-cased word cores, as the table's smoothing and certificate read them."""
+    from ranmask_jax.safer import word_cores
 
-    return [_CORE.match(w).group(1).lower() for w in split_words(text)]
+    return [c.lower() for _, c, _ in word_cores(text)]
 
 
 def main(argv: list[str] | None = None) -> dict:
