@@ -5,7 +5,8 @@
 # agnews-base (rho = 0, for the attack tables), agnews-<rho> (accuracy of g on 1,000 seeded test texts: the full
 # 7,600 take about an hour of a 2-core CPU), imdb-<rho> (max_len 256, 100 test reviews), sst2-mlm / agnews-mlm /
 # imdb-mlm (the dataset's masked LM, train.py --task mlm, with example fills in docs/runs/<run>/fills.md),
-# sst2-pgd10 / sst2-freelb / sst2-hotflip and the agnews- ones (the adversarially trained baselines). Every
+# sst2-pgd10 / sst2-freelb / sst2-hotflip and the agnews- ones (the adversarially trained baselines), agnews-safer
+# (SAFER: its perturbation table, training, accuracy and certificate). Every
 # step resumes when rerun. Each run's configs, metrics, per-text rows and summaries (not the weights) are copied
 # to docs/runs/<run> as they are written.
 # Environment: MODEL (starting weights, default minilm-l6), IMDB_MODEL (starting weights of the imdb stages only,
@@ -90,6 +91,22 @@ for stage in "$@"; do
             if [ "$ds" = sst2 ]; then accuracy "$RUNS/$stage" sst2 --n0 1; else accuracy "$RUNS/$stage" ag_news --n0 1 \
                 --num-examples 1000; fi
             publish "$RUNS/$stage" ;;
+        agnews-safer)  # SAFER (Table 8): the perturbation table (SAFER_THRESHOLD, default 0.55, docs/DEFENSES.md), the
+            # rho = 0 model trained on one random substitution of every word per step, its vote over 100 substitution
+            # copies on the 1,000 seeded test texts of the agnews-<rho> stages, and its certificate on their 200 texts
+            run="$RUNS/agnews-safer"; table="$run/safer-table.json"
+            mkdir -p "$run"
+            [ -f "$table" ] || python experiments/safer_table.py --data-dir "$DATA_DIR" --dataset ag_news \
+                --threshold "${SAFER_THRESHOLD:-0.55}" --out "$table"
+            python train.py --model "$MODEL" --out-dir "$run" --data-dir "$DATA_DIR" --dataset ag_news --rho 0 \
+                --epochs 2 --max-len 128 --group-by-length 50 --eval-n 1 --checkpoint-every 100 \
+                --defense safer --safer-table "$table"
+            publish "$run"
+            [ -z "${TRAIN_ONLY:-}" ] || continue
+            accuracy "$run" ag_news --num-examples 1000 --safer-table "$table"
+            publish "$run"
+            certify "$run" ag_news --safer-table "$table"
+            publish "$run" ;;
         sst2-mlm|agnews-mlm|imdb-mlm)  # the dataset's masked LM (MaskPure's refill, LM-based sampling, BERT-Attack)
             case "$stage" in
                 sst2-mlm) ds=sst2; flags=(--epochs 3 --max-len 64) ;;

@@ -155,3 +155,34 @@ def test_safer_classifier_certifies_soundly_against_the_exact_vote(table):
     s = sc.scores("good big", rng, 400, "vote")
     assert s.sum() == pytest.approx(1.0) and abs(s[1] - exact_p(("good", "big"), 1)) < 0.1
     assert sc.scores("movie plot", rng, 10, "logit")[1] > 0.5  # no word has a set: every copy is the text
+
+
+def test_prediction_entropy_of_vote_shares_against_scipy(tmp_path):
+    """experiments/prediction_entropy.py (the paper's footnote 4): each text's entropy equals scipy's on its vote
+    shares, texts where every copy abstained are left out, and runs are compared on the texts both have, paired."""
+    import json
+    import runpy
+    from pathlib import Path
+
+    from scipy.stats import entropy
+
+    mod = runpy.run_path(str(Path(__file__).resolve().parents[1] / "experiments" / "prediction_entropy.py"))
+    rows = [{"index": 0, "counts": [100, 0, 0, 0]}, {"index": 1, "counts": [50, 30, 20, 0]},
+            {"index": 2, "counts": [0, 0, 0, 0]}, {"index": 3, "counts": [25, 25, 25, 25]}]
+    ent = mod["entropies"](rows)
+    assert sorted(ent) == [0, 1, 3]
+    for r in rows:
+        if r["index"] in ent:
+            assert ent[r["index"]] == pytest.approx(entropy(np.asarray(r["counts"], float)), abs=1e-12)
+    rng = np.random.default_rng(0)
+    sharp = [{"index": i, "counts": [100, 0]} for i in range(40)]
+    smooth = [{"index": i, "counts": [int(c), 100 - int(c)]} for i, c in enumerate(rng.integers(50, 90, 41))]
+    for name, rs in (("sharp", sharp), ("smooth", smooth)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "certify.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rs))
+    out = mod["main"]([f"A={tmp_path / 'sharp'}", f"B={tmp_path / 'smooth'}", "--json", str(tmp_path / "e.json")])
+    assert out["texts"] == 40 and out["runs"]["A"]["unanimous"] == 1.0
+    cmp = out["runs"]["B"]["vs_reference"]
+    expected = np.mean([entropy([r["counts"][0], r["counts"][1]]) for r in smooth[:40]])
+    assert cmp["diff"] == pytest.approx(expected) and cmp["ci95"][0] > 0 and cmp["p"] < 1e-6
+    assert json.loads((tmp_path / "e.json").read_text())["texts"] == 40
