@@ -6,11 +6,8 @@ certificate."""
 from __future__ import annotations
 
 import dataclasses
-import re
 
-from ranmask_jax.masking import split_words
-
-_CORE = re.compile(r"^(\W*)(.*?)(\W*)$", re.S)
+from ranmask_jax.masking import split_core, split_words
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,8 +31,7 @@ class AttackText:
 
     def split(self, i: int) -> tuple[str, str, str]:
         """(leading punctuation, core, trailing punctuation) of word i."""
-        m = _CORE.match(self.words[i])
-        return m.group(1), m.group(2), m.group(3)
+        return split_core(self.words[i])
 
     def core(self, i: int) -> str:
         return self.split(i)[1]

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def cores(text: str) -> list[str]:
     """The text's lower-cased word cores, as the table's smoothing and certificate read them."""
-    from ranmask_jax.safer import word_cores
+    from ranmask_jax.masking import word_cores
 
     return [c.lower() for _, c, _ in word_cores(text)]
 

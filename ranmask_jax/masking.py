@@ -123,6 +123,20 @@ def split_words(text: str) -> tuple[str, ...]:
     return tuple(text.split())
 
 
+_CORE = re.compile(r"^(\W*)(.*?)(\W*)$", re.S)
+
+
+def split_core(word: str) -> tuple[str, str, str]:
+    """(leading punctuation, core, trailing punctuation) of a whitespace word: the core is what a word substitution
+    (an attack's swap, SAFER's smoothing) replaces, keeping the punctuation around it."""
+    return _CORE.match(word).groups()
+
+
+def word_cores(text: str) -> list[tuple[str, str, str]]:
+    """The whitespace words of ``text`` (the units RanMASK masks), each split by ``split_core``."""
+    return [split_core(w) for w in split_words(text)]
+
+
 @functools.lru_cache(maxsize=8)
 def special_layout(tokenizer, pair: bool) -> tuple[int, int, int, tuple[int, ...]]:
     """How many special tokens the tokenizer puts before the first text, between the texts and after the last, and

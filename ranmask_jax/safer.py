@@ -26,21 +26,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from ranmask_jax.files import write_text
-from ranmask_jax.masking import split_words
-
-_CORE = re.compile(r"^(\W*)(.*?)(\W*)$", re.S)  # leading punctuation, the word's core, trailing punctuation
-
-
-def word_cores(text: str) -> list[tuple[str, str, str]]:
-    """The whitespace words of ``text`` (the units RanMASK masks), each as (leading punctuation, core, trailing)."""
-    return [_CORE.match(w).groups() for w in split_words(text)]
+from ranmask_jax.masking import word_cores
 
 
 @dataclasses.dataclass
