@@ -8,7 +8,8 @@ fraction of the successful attacks, seconds per attacked example, and the wall t
 rows (``attack.jsonl``), so a cell still running shows what it has; ``--common`` adds the same table on the texts
 that every cell attacked; ``--paired`` compares every pair of cells of one recipe on the texts both have (robust =
 the attack failed on a text the defense got right): the two Boa, their difference with a 95% paired bootstrap
-interval, the discordant texts and the exact McNemar p-value. The plot: accuracy under attack per recipe
+interval, the discordant texts and the exact McNemar p-value; ``--pair I:J`` (repeatable) compares only the cells at
+positions I and J of the list. The plot: accuracy under attack per recipe
 (groups) and defense (bars), with 95% Clopper-Pearson intervals over the examples.
 """
 
@@ -68,20 +69,24 @@ def paired(a: dict, b: dict, resamples: int = 10000, seed: int = 0) -> dict:
             "only_b": only_b, "p": binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0}
 
 
-def paired_table(cells: list[dict]) -> str:
+def paired_table(cells: list[dict], pairs: list[tuple[int, int]] | None = None) -> str:
+    """Paired comparisons: of the cells at ``pairs`` (indices into ``cells``), or of every two cells of a recipe."""
     lines = ["| attack | defense A | defense B | texts | Boa A % | Boa B % | A - B (95% CI) | robust only A / only B "
              "| McNemar p |", "|---|---|---|---|---|---|---|---|---|"]
-    for recipe in sorted({c["recipe"] for c in cells}):
-        group = [c for c in cells if c["recipe"] == recipe]
-        for i, a in enumerate(group):
-            for b in group[i + 1:]:
-                t = paired(a, b)
-                if not t["texts"]:
-                    continue
-                lo, hi = t["ci95"]
-                lines.append(f"| {recipe} | {a['defense']} | {b['defense']} | {t['texts']} | {_pct(t['boa_a'])} | "
-                             f"{_pct(t['boa_b'])} | {100 * t['diff']:+.1f} ({100 * lo:+.1f}, {100 * hi:+.1f}) | "
-                             f"{t['only_a']} / {t['only_b']} | {t['p']:.3g} |")
+    if pairs is None:
+        pairs = [(i, j) for i, a in enumerate(cells) for j, b in enumerate(cells)
+                 if i < j and a["recipe"] == b["recipe"]]
+        pairs.sort(key=lambda ij: cells[ij[0]]["recipe"])
+    for i, j in pairs:
+        a, b = cells[i], cells[j]
+        t = paired(a, b)
+        if not t["texts"]:
+            continue
+        lo, hi = t["ci95"]
+        recipe = a["recipe"] if a["recipe"] == b["recipe"] else f"{a['recipe']} / {b['recipe']}"
+        lines.append(f"| {recipe} | {a['defense']} | {b['defense']} | {t['texts']} | {_pct(t['boa_a'])} | "
+                     f"{_pct(t['boa_b'])} | {100 * t['diff']:+.1f} ({100 * lo:+.1f}, {100 * hi:+.1f}) | "
+                     f"{t['only_a']} / {t['only_b']} | {t['p']:.3g} |")
     return "\n".join(lines) + "\n"
 
 
@@ -143,6 +148,8 @@ def main() -> None:
     p.add_argument("--plot", type=Path)
     p.add_argument("--paired", action="store_true",
                    help="also compare every two cells of a recipe on their common texts (McNemar, 95%% interval)")
+    p.add_argument("--pair", action="append", metavar="I:J",
+                   help="compare only these cells (1-based positions in the list; repeatable), paired as --paired")
     p.add_argument("--common", action="store_true",
                    help="also print the table recomputed on the texts that every cell has attacked (cells of "
                         "different sizes, e.g. --limit 50 beside 100-text cells)")
@@ -157,9 +164,17 @@ def main() -> None:
         keep = set.intersection(*({r["index"] for r in c["rows"]} for c in cells))
         print(f"On the {len(keep)} texts every cell attacked:\n")
         print(table([restrict(c, keep) for c in cells]))
-    if args.paired:
+    pairs = None
+    if args.pair:
+        try:
+            pairs = [tuple(int(x) - 1 for x in spec.split(":")) for spec in args.pair]
+            if any(len(ij) != 2 or min(ij) < 0 or max(ij) >= len(cells) for ij in pairs):
+                raise ValueError
+        except ValueError:
+            p.error(f"--pair takes I:J, two positions from 1 to {len(cells)} in the list of cells")
+    if args.paired or pairs:
         print("Paired, on the texts both cells attacked (robust: the attack failed):\n")
-        print(paired_table(cells))
+        print(paired_table(cells, pairs))
     if args.plot:
         plot(cells, args.plot, args.title)
 
