@@ -737,6 +737,15 @@ def test_paired_comparison_of_two_cells():
     assert t["texts"] == 20 and (t["only_a"], t["only_b"]) == (6, 1)
     assert t["boa_a"] == 0.5 and t["boa_b"] == 0.25 and t["diff"] == pytest.approx(0.25)
     assert t["p"] == pytest.approx(0.125) and t["ci95"][0] < 0.25 < t["ci95"][1]
+    # the table: every two cells of a recipe by default, only the chosen pairs (in their order) with --pair
+    table = runpy.run_path(str(ROOT / "experiments" / "summarize_attacks.py"))["paired_table"]
+    cells = [{**a, "recipe": "dwb", "defense": "A"}, {**b, "recipe": "dwb", "defense": "B"},
+             {**a, "recipe": "tf", "defense": "C"}]
+    rows = [r for r in table(cells).splitlines()[2:] if r]
+    assert len(rows) == 1 and rows[0].startswith("| dwb | A | B | 20 | 50.0 | 25.0 | +25.0")
+    rows = [r for r in table(cells, [(1, 0), (2, 1)]).splitlines()[2:] if r]
+    assert [r.split(" | ")[:3] for r in rows] == [["| dwb", "B", "A"], ["| tf / dwb", "C", "B"]]
+    assert rows[0].endswith("| 1 / 6 | 0.125 |")
 
 
 def test_wordnet_synonyms_of_every_synset_through_base_forms(tmp_path):
