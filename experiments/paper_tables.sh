@@ -5,7 +5,7 @@
 # agnews-base (rho = 0, for the attack tables), agnews-<rho> (accuracy of g on 1,000 seeded test texts: the full
 # 7,600 take about an hour of a 2-core CPU), imdb-<rho> (max_len 256, 100 test reviews), sst2-mlm / agnews-mlm /
 # imdb-mlm (the dataset's masked LM, train.py --task mlm, with example fills in docs/runs/<run>/fills.md),
-# sst2-pgd10 / sst2-freelb / sst2-hotflip and the agnews- ones (the adversarially trained baselines), agnews-safer
+# sst2-pgd10 / sst2-freelb / sst2-hotflip / sst2-augment and the agnews- ones (the empirical baselines), agnews-safer
 # (SAFER: its perturbation table, training, accuracy and certificate). Every
 # step resumes when rerun. Each run's configs, metrics, per-text rows and summaries (not the weights) are copied
 # to docs/runs/<run> as they are written.
@@ -72,17 +72,19 @@ for stage in "$@"; do
             python train.py --model "$MODEL" --out-dir "$RUNS/agnews-rho0" --data-dir "$DATA_DIR" --dataset ag_news \
                 --rho 0 --epochs 2 --max-len 128 --group-by-length 50 --eval-n 1 --checkpoint-every 100
             publish "$RUNS/agnews-rho0" ;;
-        sst2-pgd10|sst2-freelb|sst2-hotflip|agnews-pgd10|agnews-freelb|agnews-hotflip)
+        sst2-pgd10|sst2-freelb|sst2-hotflip|sst2-augment|agnews-pgd10|agnews-freelb|agnews-hotflip|agnews-augment)
             # the empirical baselines of Tables 4 and 5: the plain model (rho = 0) trained adversarially, with the
-            # original code's settings per method (PGD-10: 10 ascent steps); accuracy on the whole test split
+            # original code's settings per method (PGD-10: 10 ascent steps; augment: PWWS against the rho = 0 run
+            # of sst2-base / agnews-base, which must exist); accuracy on the whole test split
+            case "$stage" in
+                sst2-*) ds=sst2; base="$RUNS/sst2-rho0"; flags=(--epochs 3 --max-len 64) ;;
+                agnews-*) ds=ag_news; base="$RUNS/agnews-rho0"; flags=(--epochs 2 --max-len 128 --group-by-length 50) ;;
+            esac
             case "${stage#*-}" in
                 pgd10) defense=(--defense pgd --adv-steps 10) ;;
                 freelb) defense=(--defense freelb) ;;
                 hotflip) defense=(--defense hotflip) ;;
-            esac
-            case "$stage" in
-                sst2-*) ds=sst2; flags=(--epochs 3 --max-len 64) ;;
-                agnews-*) ds=ag_news; flags=(--epochs 2 --max-len 128 --group-by-length 50) ;;
+                augment) defense=(--defense augment --augment-from "$base") ;;
             esac
             python train.py --model "$MODEL" --out-dir "$RUNS/$stage" --data-dir "$DATA_DIR" --dataset "$ds" --rho 0 \
                 --eval-n 1 --checkpoint-every 100 "${flags[@]}" "${defense[@]}"
