@@ -251,14 +251,19 @@ def write_summary(out: Path, rows: list[dict], cfg: CertifyConfig, settings: dic
         return _safer_summary(out, rows, cfg, ds)
     if cfg.accuracy_only:
         summary = {"n": len(rows), "accuracy": float(np.mean([r["correct"] for r in rows])),
-                   "seconds_total": round(sum(r["seconds"] for r in rows), 2), "rho": settings["rho"],
-                   "sampling": settings["sampling"], "purifier": settings["purifier"],
-                   "empirical_only": settings["empirical_only"], "config": dataclasses.asdict(cfg)}
+                   "seconds_total": round(sum(r["seconds"] for r in rows), 2), "config": dataclasses.asdict(cfg)}
+        if cfg.safer_table:  # SAFER's copies: word substitutions of the whole text, no masking
+            summary.update(smoothing="safer", safer_table=cfg.safer_table)
+            how = f"substitution copies (SAFER, table {Path(cfg.safer_table).name})"
+        else:
+            summary.update(rho=settings["rho"], sampling=settings["sampling"], purifier=settings["purifier"],
+                           empirical_only=settings["empirical_only"])
+            how = "".join([f"copies, rho={settings['rho']}",
+                           ", LM-based sampling (empirical only)" if settings["sampling"] == "lm" else "",
+                           ", MaskPure refill" if settings["purifier"] else ""])
         write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-        how = "".join([", LM-based sampling (empirical only)" if settings["sampling"] == "lm" else "",
-                       ", MaskPure refill" if settings["purifier"] else ""])
-        write_text(out / "table.md", f"accuracy of g on {name} ({len(rows)} texts, vote over n0={cfg.n0} copies, "
-                                     f"rho={settings['rho']}{how}): {100 * summary['accuracy']:.2f}%\n")
+        write_text(out / "table.md", f"accuracy of g on {name} ({len(rows)} texts, vote over n0={cfg.n0} {how}): "
+                                     f"{100 * summary['accuracy']:.2f}%\n")
         return summary
     summary = metrics.summarize(rows)
     summary.update(seconds_total=round(sum(r["seconds"] for r in rows), 2),

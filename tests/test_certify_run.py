@@ -247,3 +247,12 @@ def test_safer_certification_rows_and_summary(trained_run, tiny_setup, tmp_path)
         r["counts"] for r in rows]
     bad = run_cli("certify.py", [*args, "--plan", "sequential"])
     assert bad.returncode == 2 and "--safer-table certifies with the fixed plan" in bad.stderr
+    # accuracy only: each text's vote over n0 substitution copies, a summary that names SAFER and no rho
+    acc = run_cli("certify.py", certify_args(trained_run, tiny_setup, tmp_path / "acc", "--safer-table",
+                                             str(tmp_path / "t.json"), "--accuracy-only"))
+    assert acc.returncode == 0, acc.stderr[-3000:]
+    arows = [json.loads(x) for x in (tmp_path / "acc" / "certify.jsonl").read_text().splitlines()]
+    assert [sum(r["counts"]) for r in arows] == [10] * 6 and [r["index"] for r in arows] == [r["index"] for r in rows]
+    asum = json.loads((tmp_path / "acc" / "summary.json").read_text())
+    assert asum["smoothing"] == "safer" and "rho" not in asum
+    assert "substitution copies (SAFER" in (tmp_path / "acc" / "table.md").read_text()
