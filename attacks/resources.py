@@ -225,15 +225,15 @@ class SentenceEncoder:
         self._pooled = jax.jit(pooled)
 
     def encode(self, texts: Iterable[str]) -> np.ndarray:
-        from ranmask_jax.masking import bucket
+        from ranmask_jax.engine import copy_bucket, text_rows
 
         texts = list(texts)
         out = []
         for s in range(0, len(texts), self.batch_size):
             part = texts[s:s + self.batch_size]
             ids_list = self.tokenizer(part, truncation=True, max_length=self.max_len)["input_ids"]
-            width = min(self.max_len, bucket(max(len(x) for x in ids_list)))
-            rows = min(self.batch_size, max(16, 1 << (len(part) - 1).bit_length()))
+            width = copy_bucket(max(len(x) for x in ids_list), self.max_len)
+            rows = text_rows(len(part), self.batch_size)
             ids = np.zeros((rows, width), np.int32)
             attn = np.zeros((rows, width), np.int32)
             for r, x in enumerate(ids_list):

@@ -95,6 +95,15 @@ def copy_bucket(n: int, max_len: int) -> int:
     return min(max(16, -(-n // step) * step), max_len)
 
 
+def text_rows(m: int, limit: int, multiple: int = 1) -> int:
+    """Rows of a step that classifies ``m`` whole texts (a plain model's answer, a sentence encoder): the next
+    multiple of 8 (and of ``multiple``, the device count), at most ``limit``. A black-box attack asks about a few
+    texts at a time, and on a CPU a step's cost grows with its rows, so the rows follow the call closely; the
+    shapes stay few (8 row counts below 64)."""
+    rows = -(-max(m, 1) // 8) * 8
+    return min(limit, -(-rows // multiple) * multiple)
+
+
 def nnx_logits_fn(model):
     """``(logits_fn, params)`` of an nnx ``SequenceClassifier`` (in eval mode)."""
     from flax import nnx
@@ -306,8 +315,8 @@ class CopyEngine:
 
     def base_logits(self, texts: list[str], pairs: list[str | None] | None = None) -> np.ndarray:
         """The base classifier f on the UNMASKED texts, ``[len(texts), C]`` raw logits (a plain, undefended model's
-        answer; the texts are tokenized with truncation to ``max_len``). Batches of ``batch_rows`` rows padded to
-        the power-of-two bucket of their longest text, so few shapes compile."""
+        answer; the texts are tokenized with truncation to ``max_len``). Batches of ``text_rows`` rows, padded to
+        the length bucket (``copy_bucket``) of their longest text, so few shapes compile."""
         import jax
 
         out = []
@@ -316,8 +325,8 @@ class CopyEngine:
             second = None if pairs is None else pairs[s:s + self.batch_size]
             enc = self.tokenizer(part, second, truncation=True, max_length=self.max_len) if second and any(
                 second) else self.tokenizer(part, truncation=True, max_length=self.max_len)
-            width = min(self.max_len, bucket(max(len(x) for x in enc["input_ids"])))
-            rows = self.batch_rows(len(part))
+            width = copy_bucket(max(len(x) for x in enc["input_ids"]), self.max_len)
+            rows = text_rows(len(part), self.batch_size, self.mesh.devices.size)
             ids = np.full((rows, width), self.pad_id, np.int32)
             attn, types = np.zeros((rows, width), np.int32), np.zeros((rows, width), np.int32)
             for r, x in enumerate(enc["input_ids"]):

@@ -238,7 +238,41 @@ def test_a_random_copy_transform_has_no_certificate(bert_tokenizer):
 
 
 def test_small_calls_use_small_batches(smoothed):
+    from ranmask_jax.engine import text_rows
+
     assert [smoothed.batch_rows(m) for m in (1, 10, 16, 17, 40, 64, 500)] == [16, 16, 16, 32, 64, 64, 64]
+    assert [text_rows(m, 64) for m in (0, 1, 8, 9, 17, 63, 64, 500)] == [8, 8, 8, 16, 24, 64, 64, 64]
+    assert text_rows(5, 64, multiple=3) == 9 and text_rows(60, 32) == 32
+
+
+def test_plain_logits_do_not_depend_on_the_call(hf_dir, bert_tokenizer):
+    """base_logits (a plain model's answer, the attacks' oracle against it) gives each text what the PyTorch model
+    gives that text alone and unpadded, whatever else shares the call: a small BERT (attention, so padding must be
+    masked), row counts from 8 to the full batch, lengths from a few tokens to past max_len (cut by the tokenizer)."""
+    import torch
+    import transformers as tf
+
+    from ranmask_jax import load_pretrained
+
+    path = hf_dir("bert", "classification", num_labels=2)
+    model, tok, _ = load_pretrained(str(path))
+    sc = SmoothedClassifier(model, tok, rho=0.3, batch_size=32, max_len=48)
+    ref = tf.BertForSequenceClassification.from_pretrained(str(path)).eval()
+    rng = np.random.default_rng(0)
+    vocab = "good bad film plot story dull bright a the of and unbelievably".split()
+    texts = [" ".join(rng.choice(vocab, size=int(n))) for n in rng.integers(1, 60, 45)]
+    together = sc.base_logits(texts)
+
+    def alone_in_torch(text):
+        enc = tok(text, truncation=True, max_length=48, return_tensors="pt")
+        with torch.no_grad():
+            return ref(**enc).logits[0].numpy()
+
+    for i in (0, 7, 31, 44):
+        assert np.allclose(together[i], alone_in_torch(texts[i]), atol=1e-4)
+        assert np.allclose(sc.base_logits([texts[i]])[0], together[i], atol=1e-5)
+    for m in (3, 9, 20):
+        assert np.allclose(sc.base_logits(texts[:m]), together[:m], atol=1e-5)
 
 
 def test_predict_ensembles_and_abstain(smoothed, bert_tokenizer):
