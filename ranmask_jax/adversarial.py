@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 # augment: a training set, not a loss (attacks/augment.py); safer: random substitutions of the training texts
@@ -203,16 +204,18 @@ def freelb_grads(apply: Apply, params, inputs, labels, dim: int, adv: Adversary,
 
 
 # -- HotFlip -----------------------------------------------------------------------------------------------------------
-def hotflip_candidates(tokenizer) -> jax.Array:
+def hotflip_candidates(tokenizer) -> np.ndarray:
     """[V] bool: the vocabulary entries a swap may write, those alphabetic once a subword prefix (``##``, ``Ġ``) is
-    dropped, as the original's candidate list; special tokens never."""
+    dropped, as the original's candidate list; special tokens never. A numpy array, so that the training step can
+    hold it as a constant of every shape it is traced at (a jax array made while tracing would leak between
+    traces)."""
     vocab = tokenizer.get_vocab()
     out = [False] * max(len(tokenizer), max(vocab.values()) + 1)
     special = set(tokenizer.all_special_ids)
     for piece, i in vocab.items():
         word = piece[2:] if piece.startswith("##") else piece.removeprefix("\u0120")
         out[i] = word.isalpha() and i not in special
-    return jnp.asarray(out)
+    return np.asarray(out, bool)
 
 
 def hotflip_swap(ids: jax.Array, grad: jax.Array, embeddings: jax.Array, candidates: jax.Array,

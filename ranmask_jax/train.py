@@ -285,7 +285,7 @@ class ClassifierTask:
         return adversarial.hotflip_grads(apply, params, inputs, labels, embeddings, self.candidates(tr), protected,
                                          adv, k_drop)
 
-    def candidates(self, tr: Trainer) -> jax.Array:
+    def candidates(self, tr: Trainer) -> np.ndarray:
         """HotFlip's candidate tokens (``adversarial.hotflip_candidates``), built once."""
         if self._candidates is None:
             self._candidates = adversarial.hotflip_candidates(tr.tokenizer)

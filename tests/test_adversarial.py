@@ -265,10 +265,18 @@ def test_training_with_a_defense_runs_and_records_it(tiny_setup, tmp_path, defen
     from ranmask_jax.config import TrainConfig
     from ranmask_jax.train import Trainer
 
+    # texts of 2 to 40 words in length-grouped batches: the step is traced at several lengths, as on a real dataset
+    rng = np.random.default_rng(0)
+    with open(tmp_path / "mixed.jsonl", "w") as f:
+        for i in range(48):
+            words = ["good" if i % 2 else "bad"] + list(rng.choice(["film", "plot", "a", "the"], int(i % 12) * 3 + 1))
+            f.write(json.dumps({"text": " ".join(words), "label": ["neg", "pos"][i % 2]}) + "\n")
     base = dataclasses.asdict(train_config(tiny_setup, tmp_path / defense))
-    cfg = TrainConfig(**{**base, "defense": defense, "max_steps": 4, "log_every": 2, "eval_n": 0, "adv_steps": 2})
-    out = Trainer(cfg).run()
-    assert out["steps"] == 4
+    cfg = TrainConfig(**{**base, "dataset": str(tmp_path / "mixed.jsonl"), "max_len": 64, "group_by_length": 4,
+                         "defense": defense, "max_steps": 6, "log_every": 2, "eval_n": 0, "adv_steps": 2})
+    trainer = Trainer(cfg)
+    out = trainer.run()
+    assert out["steps"] == 6 and trainer._train_step._cache_size() >= 2
     recorded = json.loads((tmp_path / defense / "train_config.json").read_text())
     assert recorded["defense"] == defense and recorded["adv_steps"] == 2
     rows = [json.loads(x) for x in (tmp_path / defense / "metrics.jsonl").read_text().splitlines()]
