@@ -359,7 +359,8 @@ def write_summary(out: Path, rows: list[dict], cfg: AttackConfig, settings: dict
     from ranmask_jax.runs import DISPLAY_NAMES
 
     s = summarize(rows)
-    defense = "plain model" if cfg.ensemble == "none" else (
+    base = f"{settings['trained_with']}-trained model" if settings.get("trained_with") else "plain model"
+    defense = base if cfg.ensemble == "none" else (
         f"SAFER {cfg.ensemble}, n={cfg.n} ({Path(cfg.safer_table).name})" if cfg.safer_table else
         ("MaskPure" if cfg.purifier else "RanMASK") + f"-{settings['rho']} {cfg.ensemble}, n={cfg.n}"
         + (" + LM sampling" if cfg.sampling == "lm" else "") + f", {cfg.oracle} oracle"

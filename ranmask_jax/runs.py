@@ -52,7 +52,25 @@ def smoothed_from_run(cfg: SmoothedRunConfig, local: bool = False) -> tuple[Smoo
     settings.update(sampling=cfg.sampling, purifier=cfg.purifier,
                     empirical_only=why_uncertifiable(sc.keep_sets, sc.transform) is not None)
     return sc, {**settings, "label_names": names, "model_fingerprint": fingerprint_files(weights + fingerprints),
-                "mlms": mlms}
+                "mlms": mlms, "trained_with": trained_with(cfg.run_dir, meta)}
+
+
+TRAINING_DEFENSES = {"pgd": "PGD", "freelb": "FreeLB", "hotflip": "Adv-HotFlip", "augment": "augmentation",
+                     "safer": "SAFER"}
+
+
+def trained_with(run_dir, meta: dict) -> str | None:
+    """The defense a run was trained with (``train.py --defense``), as the tables name it (PGD-10, FreeLB, ...);
+    None for ordinary (masked or plain) training."""
+    name = meta.get("defense")
+    if not name or name == "none":
+        return None
+    label = TRAINING_DEFENSES.get(name, name)
+    if name == "pgd":
+        steps = (read_json(Path(run_dir) / "train_config.json") if (Path(run_dir) / "train_config.json").exists()
+                 else {}).get("adv_steps")
+        label += f"-{steps}" if steps else ""
+    return label
 
 
 def no_certificate(cfg) -> str:

@@ -849,3 +849,26 @@ def test_attack_on_safer_draws_substitution_copies_and_resumes(trained_run, tiny
     bad = attack_cli(attack_args(trained_run, tiny_setup, tmp_path / "x", "--ensemble", "none", "--safer-table",
                                  str(tmp_path / "t.json")))
     assert bad.returncode == 2 and "give --ensemble" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cells_name_the_defense_a_run_was_trained_with(tmp_path):
+    """A run trained with train.py --defense is attacked as a plain classifier (--ensemble none), and its cell says
+    which training made it (PGD-10, FreeLB, ...): the tables must not call it the undefended model."""
+    from attacks.run import AttackConfig, write_summary
+    from ranmask_jax.runs import trained_with
+
+    (tmp_path / "train_config.json").write_text(json.dumps({"adv_steps": 10}))
+    assert trained_with(tmp_path, {"defense": "pgd"}) == "PGD-10"
+    assert trained_with(tmp_path, {"defense": "freelb"}) == "FreeLB"
+    assert trained_with(tmp_path / "none", {"defense": "hotflip"}) == "Adv-HotFlip"
+    assert trained_with(tmp_path, {"defense": "none"}) is None and trained_with(tmp_path, {}) is None
+    rows = [{"index": 0, "label": 1, "status": "failed", "clean_prediction": 1, "final_prediction": 1,
+             "recheck_prediction": 1, "queries": 3, "forward_passes": 3, "words_changed": 0, "seconds": 0.1}]
+    settings = {"rho": 0.0, "trained_with": "PGD-10"}
+    for ens, expected in (("none", "PGD-10-trained model"), ("vote", "RanMASK-0.0 vote")):
+        cfg = AttackConfig(run_dir=str(tmp_path), out=str(tmp_path / ens), ensemble=ens)
+        (tmp_path / ens).mkdir()
+        assert write_summary(tmp_path / ens, rows, cfg, settings, {})["defense"].startswith(expected)
+    assert write_summary(tmp_path / "none", rows, cfg, {"rho": 0.0}, {})["defense"].startswith("RanMASK")
+    cfg = AttackConfig(run_dir=str(tmp_path), out=str(tmp_path / "none"), ensemble="none")
+    assert write_summary(tmp_path / "none", rows, cfg, {"rho": 0.0}, {})["defense"] == "plain model"
