@@ -66,11 +66,9 @@ def trained_with(run_dir, meta: dict) -> str | None:
     if not name or name == "none":
         return None
     label = TRAINING_DEFENSES.get(name, name)
-    if name == "pgd":
-        steps = (read_json(Path(run_dir) / "train_config.json") if (Path(run_dir) / "train_config.json").exists()
-                 else {}).get("adv_steps")
-        label += f"-{steps}" if steps else ""
-    return label
+    config = Path(run_dir) / "train_config.json"
+    steps = read_json(config).get("adv_steps") if name == "pgd" and config.exists() else None
+    return f"{label}-{steps}" if steps else label
 
 
 def no_certificate(cfg) -> str:
